@@ -1,0 +1,87 @@
+"""cachebus: event-driven cache invalidation for embedding and search caches."""
+
+from __future__ import annotations
+
+from .bus import AsyncCacheBus, CacheBus
+from .codecs import VectorCodec, decode_vector
+from .connection import connect, connect_async
+from .document_embeddings import (
+    AsyncDocumentEmbeddingCache,
+    ChunkRef,
+    ChunkVector,
+    DocumentEmbeddingCache,
+)
+from .embedders import AsyncEmbedder, Embedder, HashingEmbedder
+from .errors import (
+    CacheBusError,
+    CacheUnavailableError,
+    CodecError,
+    ConfigError,
+    InvalidEventError,
+    KeyEncodingError,
+    PermissionDeniedError,
+)
+from .invalidation import AsyncInvalidator, Invalidator
+from .keys import KeyScheme, Tag
+from .lookup import Lookup
+from .metrics import LayerMetrics
+from .query_embeddings import AsyncQueryEmbeddingCache, QueryEmbeddingCache
+from .rerank_scores import AsyncRerankScoreCache, RerankScoreCache
+from .search_results import AsyncSearchResultsCache, SearchHit, SearchResultsCache
+from .services import (
+    AsyncCachedEmbeddingService,
+    AsyncCachedSearchService,
+    CachedEmbeddingService,
+    CachedSearchService,
+    SearchPipeline,
+)
+from .settings import Settings
+from .tags import DocumentInvalidation, InvalidationReport, Ticket
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncCacheBus",
+    "AsyncCachedEmbeddingService",
+    "AsyncCachedSearchService",
+    "AsyncDocumentEmbeddingCache",
+    "AsyncEmbedder",
+    "AsyncInvalidator",
+    "AsyncQueryEmbeddingCache",
+    "AsyncRerankScoreCache",
+    "AsyncSearchResultsCache",
+    "CacheBus",
+    "CacheBusError",
+    "CacheUnavailableError",
+    "CachedEmbeddingService",
+    "CachedSearchService",
+    "ChunkRef",
+    "ChunkVector",
+    "CodecError",
+    "ConfigError",
+    "DocumentEmbeddingCache",
+    "DocumentInvalidation",
+    "Embedder",
+    "HashingEmbedder",
+    "InvalidEventError",
+    "InvalidationReport",
+    "Invalidator",
+    "KeyEncodingError",
+    "KeyScheme",
+    "LayerMetrics",
+    "Lookup",
+    "PermissionDeniedError",
+    "QueryEmbeddingCache",
+    "RerankScoreCache",
+    "SearchHit",
+    "SearchPipeline",
+    "SearchResultsCache",
+    "Settings",
+    "Tag",
+    "Ticket",
+    "VectorCodec",
+    "__version__",
+    "connect",
+    "connect_async",
+    "decode_vector",
+]

@@ -1,0 +1,142 @@
+"""One entry point: all four layers and the invalidator on one client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .codecs import VectorCodec
+from .document_embeddings import AsyncDocumentEmbeddingCache, DocumentEmbeddingCache
+from .invalidation import AsyncInvalidator, Invalidator
+from .metrics import LayerMetrics
+from .query_embeddings import AsyncQueryEmbeddingCache, QueryEmbeddingCache
+from .rerank_scores import AsyncRerankScoreCache, RerankScoreCache
+from .runner import AsyncClient, SyncClient
+from .search_results import AsyncSearchResultsCache, SearchResultsCache
+from .settings import Settings
+
+
+def _used_memory(info: Any) -> int:
+    """INFO memory of a node, or (cluster) a mapping of node -> INFO."""
+    if isinstance(info, dict) and "used_memory" in info:
+        return int(info["used_memory"])
+    if isinstance(info, dict):
+        return sum(_used_memory(v) for v in info.values() if isinstance(v, dict))
+    return 0
+
+
+def _stats(layers: dict[str, list[LayerMetrics]], used_memory: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"layers": {}, "redis_used_memory": used_memory}
+    for name, metrics in layers.items():
+        total = LayerMetrics()
+        for m in metrics:
+            for field_name in LayerMetrics.__slots__:
+                setattr(total, field_name, getattr(total, field_name) + getattr(m, field_name))
+        out["layers"][name] = total.as_dict()
+    return out
+
+
+class CacheBus:
+    """Factory and registry of the sync layers on one client.
+
+    >>> bus = CacheBus(redis.Redis(), Settings.from_env())
+    >>> bus.query_embeddings("text-embedding-3-small").get("hello")
+    """
+
+    def __init__(self, client: SyncClient, settings: Settings | None = None) -> None:
+        self.client = client
+        self.settings = settings or Settings()
+        self.invalidator = Invalidator(client, settings=self.settings)
+        self.document_embeddings = DocumentEmbeddingCache(client, settings=self.settings)
+        self._qe: dict[tuple[str, str], QueryEmbeddingCache] = {}
+        self._sr: dict[str, SearchResultsCache] = {}
+        self._rr: dict[str, RerankScoreCache] = {}
+
+    def query_embeddings(
+        self, model: str, model_version: str = "1", *, codec: VectorCodec | None = None
+    ) -> QueryEmbeddingCache:
+        key = (model, model_version)
+        if key not in self._qe:
+            self._qe[key] = QueryEmbeddingCache(
+                self.client, model, model_version, settings=self.settings, codec=codec
+            )
+        return self._qe[key]
+
+    def search_results(self, collection: str) -> SearchResultsCache:
+        if collection not in self._sr:
+            self._sr[collection] = SearchResultsCache(
+                self.client, collection, settings=self.settings
+            )
+        return self._sr[collection]
+
+    def rerank_scores(self, model: str) -> RerankScoreCache:
+        if model not in self._rr:
+            self._rr[model] = RerankScoreCache(self.client, model, settings=self.settings)
+        return self._rr[model]
+
+    def stats(self) -> dict[str, Any]:
+        """Hit rate and counters per layer (this process) and Redis memory used."""
+        try:
+            used: int | None = _used_memory(self.client.info("memory"))
+        except RedisError:
+            used = None
+        return _stats(
+            {
+                "query_embeddings": [c.metrics for c in self._qe.values()],
+                "document_embeddings": [self.document_embeddings.metrics],
+                "search_results": [c.metrics for c in self._sr.values()],
+                "rerank_scores": [c.metrics for c in self._rr.values()],
+            },
+            used,
+        )
+
+
+class AsyncCacheBus:
+    """Factory and registry of the asyncio layers on one client."""
+
+    def __init__(self, client: AsyncClient, settings: Settings | None = None) -> None:
+        self.client = client
+        self.settings = settings or Settings()
+        self.invalidator = AsyncInvalidator(client, settings=self.settings)
+        self.document_embeddings = AsyncDocumentEmbeddingCache(client, settings=self.settings)
+        self._qe: dict[tuple[str, str], AsyncQueryEmbeddingCache] = {}
+        self._sr: dict[str, AsyncSearchResultsCache] = {}
+        self._rr: dict[str, AsyncRerankScoreCache] = {}
+
+    def query_embeddings(
+        self, model: str, model_version: str = "1", *, codec: VectorCodec | None = None
+    ) -> AsyncQueryEmbeddingCache:
+        key = (model, model_version)
+        if key not in self._qe:
+            self._qe[key] = AsyncQueryEmbeddingCache(
+                self.client, model, model_version, settings=self.settings, codec=codec
+            )
+        return self._qe[key]
+
+    def search_results(self, collection: str) -> AsyncSearchResultsCache:
+        if collection not in self._sr:
+            self._sr[collection] = AsyncSearchResultsCache(
+                self.client, collection, settings=self.settings
+            )
+        return self._sr[collection]
+
+    def rerank_scores(self, model: str) -> AsyncRerankScoreCache:
+        if model not in self._rr:
+            self._rr[model] = AsyncRerankScoreCache(self.client, model, settings=self.settings)
+        return self._rr[model]
+
+    async def stats(self) -> dict[str, Any]:
+        try:
+            used: int | None = _used_memory(await self.client.info("memory"))
+        except RedisError:
+            used = None
+        return _stats(
+            {
+                "query_embeddings": [c.metrics for c in self._qe.values()],
+                "document_embeddings": [self.document_embeddings.metrics],
+                "search_results": [c.metrics for c in self._sr.values()],
+                "rerank_scores": [c.metrics for c in self._rr.values()],
+            },
+            used,
+        )

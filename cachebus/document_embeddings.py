@@ -1,0 +1,290 @@
+"""Document (chunk) embedding cache.
+
+All chunks of a document live in one hash ``<prefix>:de:{d.<doc>}`` (field =
+chunk id, value = content hash + encoded vector), in the same cluster slot as
+the document's stamp. Writes are conditional (one Lua script per document):
+a value computed under a ticket older than the document's last invalidation
+is refused. A read that passes a content hash gets a vector only if the stored
+hash matches, so unchanged chunks are not re-embedded after an update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy.typing as npt
+
+from .codecs import Vector, VectorCodec, decode_vector, pack_chunk, unpack_chunk
+from .commands import Call, Program
+from .errors import CodecError
+from .keys import Tag
+from .layer import AsyncShell, LayerCore, SyncShell
+from .lookup import Lookup
+from .runner import AsyncClient, SyncClient
+from .settings import Settings
+from .tags import Ticket, as_int, take_ticket
+
+# KEYS[1] embeddings hash, KEYS[2] document stamp; ARGV: ticket seq, ttl s, field, value, ...
+CONDITIONAL_WRITE: Final = """
+local stamp = tonumber(redis.call('GET', KEYS[2]) or '0')
+if stamp > tonumber(ARGV[1]) then return 0 end
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """One chunk to read; with ``content_hash`` only a vector of that content matches."""
+
+    doc_id: str
+    chunk_id: str
+    content_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkVector:
+    """One chunk to write."""
+
+    chunk_id: str
+    vector: npt.ArrayLike
+    content_hash: str | None = None
+
+
+class DocumentEmbeddingCore(LayerCore):
+    layer_name = "document_embeddings"
+
+    def __init__(
+        self, settings: Settings, *, codec: VectorCodec | None = None, dim: int | None = None
+    ) -> None:
+        super().__init__(settings)
+        self.codec = codec or VectorCodec.parse(settings.codec)
+        self.dim = dim
+
+    def decode(self, raw: bytes | None, want_hash: str | None) -> Vector | None:
+        if raw is None:
+            return None
+        try:
+            stored_hash, body = unpack_chunk(raw)
+            if want_hash is not None and stored_hash != want_hash:
+                return None
+            return decode_vector(body, self.dim)
+        except CodecError:
+            return None
+
+    def lookup(self, refs: Sequence[ChunkRef]) -> Program[Lookup[Vector]]:
+        """One round trip: the sequence (ticket) and one HMGET per document."""
+        by_doc: dict[str, list[int]] = {}
+        for i, ref in enumerate(refs):
+            by_doc.setdefault(ref.doc_id, []).append(i)
+        docs = list(by_doc)
+        calls = [Call.of("GET", self.keys.seq())]
+        calls += [
+            Call.of(
+                "HMGET", self.keys.document_embeddings(d), *(refs[i].chunk_id for i in by_doc[d])
+            )
+            for d in docs
+        ]
+        seq_reply, *per_doc = yield calls
+        values: list[Vector | None] = [None] * len(refs)
+        for doc, raws in zip(docs, per_doc, strict=True):
+            for i, raw in zip(by_doc[doc], raws, strict=True):
+                values[i] = self.decode(raw, refs[i].content_hash)
+        hits = sum(v is not None for v in values)
+        self.metrics.hits += hits
+        self.metrics.misses += len(values) - hits
+        return Lookup(values, Ticket(as_int(seq_reply)))
+
+    def store(
+        self,
+        chunks: Mapping[str, Sequence[ChunkVector]],
+        ticket: Ticket | None,
+        ttl: int | None = None,
+    ) -> Program[int]:
+        """One conditional script per document, all in one round trip.
+        Returns how many chunks were stored (refused documents count zero)."""
+        if ticket is None:
+            ticket = yield from take_ticket(self.keys)
+        total = sum(len(c) for c in chunks.values())
+        if ticket.age() > self.settings.max_ticket_age:
+            self.metrics.writes_refused += total
+            return 0
+        ex = ttl or self.settings.document_embedding_ttl
+        calls: list[Call] = []
+        sizes: list[tuple[int, int]] = []
+        for doc_id, items in chunks.items():
+            if not items:
+                continue
+            args: list[bytes | str] = []
+            nbytes = 0
+            for item in items:
+                record = pack_chunk(self.codec.encode(item.vector), item.content_hash)
+                nbytes += len(record)
+                args += [item.chunk_id, record]
+            calls.append(
+                Call.of(
+                    "EVAL",
+                    CONDITIONAL_WRITE,
+                    2,
+                    self.keys.document_embeddings(doc_id),
+                    self.keys.stamp(Tag.doc(doc_id)),
+                    ticket.seq,
+                    ex,
+                    *args,
+                )
+            )
+            sizes.append((len(items), nbytes))
+        replies = yield calls
+        stored = 0
+        for ok, (count, nbytes) in zip(replies, sizes, strict=True):
+            if int(ok):
+                stored += count
+                self.metrics.writes += count
+                self.metrics.bytes_written += nbytes
+            else:
+                self.metrics.writes_refused += count
+        return stored
+
+
+def _refs(
+    doc_id: str, chunk_ids: Sequence[str], hashes: Sequence[str | None] | None
+) -> list[ChunkRef]:
+    if hashes is not None and len(hashes) != len(chunk_ids):
+        raise ValueError("content_hashes must align with chunk_ids")
+    hs: Sequence[str | None] = hashes if hashes is not None else [None] * len(chunk_ids)
+    return [ChunkRef(doc_id, c, h) for c, h in zip(chunk_ids, hs, strict=True)]
+
+
+class DocumentEmbeddingCache(SyncShell[DocumentEmbeddingCore]):
+    """Chunk embeddings per document on a sync client."""
+
+    def __init__(
+        self,
+        client: SyncClient,
+        *,
+        settings: Settings | None = None,
+        codec: VectorCodec | None = None,
+        dim: int | None = None,
+    ) -> None:
+        super().__init__(
+            client, DocumentEmbeddingCore(settings or Settings(), codec=codec, dim=dim)
+        )
+
+    def lookup_chunks(self, refs: Sequence[ChunkRef]) -> Lookup[Vector]:
+        """Chunks of any documents in one round trip, plus a ticket for writes."""
+        return self._soft(self.core.lookup(refs), Lookup([None] * len(refs), None), "read")
+
+    def get_many(
+        self,
+        doc_id: str,
+        chunk_ids: Sequence[str],
+        content_hashes: Sequence[str | None] | None = None,
+    ) -> list[Vector | None]:
+        return self.lookup_chunks(_refs(doc_id, chunk_ids, content_hashes)).values
+
+    def get(self, doc_id: str, chunk_id: str, content_hash: str | None = None) -> Vector | None:
+        return self.get_many(doc_id, [chunk_id], [content_hash])[0]
+
+    def set_chunks(
+        self,
+        chunks: Mapping[str, Sequence[ChunkVector]],
+        *,
+        ticket: Ticket | None = None,
+        ttl: int | None = None,
+    ) -> int:
+        """Write chunks of several documents: ``{doc_id: [ChunkVector, ...]}``."""
+        return self._soft(self.core.store(chunks, ticket, ttl), 0, "write")
+
+    def set_many(
+        self,
+        doc_id: str,
+        chunks: Sequence[ChunkVector],
+        *,
+        ticket: Ticket | None = None,
+        ttl: int | None = None,
+    ) -> int:
+        return self.set_chunks({doc_id: chunks}, ticket=ticket, ttl=ttl)
+
+    def set(
+        self,
+        doc_id: str,
+        chunk_id: str,
+        vector: npt.ArrayLike,
+        content_hash: str | None = None,
+        *,
+        ticket: Ticket | None = None,
+        ttl: int | None = None,
+    ) -> int:
+        return self.set_many(
+            doc_id, [ChunkVector(chunk_id, vector, content_hash)], ticket=ticket, ttl=ttl
+        )
+
+
+class AsyncDocumentEmbeddingCache(AsyncShell[DocumentEmbeddingCore]):
+    """Chunk embeddings per document on an asyncio client."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        settings: Settings | None = None,
+        codec: VectorCodec | None = None,
+        dim: int | None = None,
+    ) -> None:
+        super().__init__(
+            client, DocumentEmbeddingCore(settings or Settings(), codec=codec, dim=dim)
+        )
+
+    async def lookup_chunks(self, refs: Sequence[ChunkRef]) -> Lookup[Vector]:
+        return await self._soft(self.core.lookup(refs), Lookup([None] * len(refs), None), "read")
+
+    async def get_many(
+        self,
+        doc_id: str,
+        chunk_ids: Sequence[str],
+        content_hashes: Sequence[str | None] | None = None,
+    ) -> list[Vector | None]:
+        return (await self.lookup_chunks(_refs(doc_id, chunk_ids, content_hashes))).values
+
+    async def get(
+        self, doc_id: str, chunk_id: str, content_hash: str | None = None
+    ) -> Vector | None:
+        return (await self.get_many(doc_id, [chunk_id], [content_hash]))[0]
+
+    async def set_chunks(
+        self,
+        chunks: Mapping[str, Sequence[ChunkVector]],
+        *,
+        ticket: Ticket | None = None,
+        ttl: int | None = None,
+    ) -> int:
+        return await self._soft(self.core.store(chunks, ticket, ttl), 0, "write")
+
+    async def set_many(
+        self,
+        doc_id: str,
+        chunks: Sequence[ChunkVector],
+        *,
+        ticket: Ticket | None = None,
+        ttl: int | None = None,
+    ) -> int:
+        return await self.set_chunks({doc_id: chunks}, ticket=ticket, ttl=ttl)
+
+    async def set(
+        self,
+        doc_id: str,
+        chunk_id: str,
+        vector: npt.ArrayLike,
+        content_hash: str | None = None,
+        *,
+        ticket: Ticket | None = None,
+        ttl: int | None = None,
+    ) -> int:
+        return await self.set_many(
+            doc_id, [ChunkVector(chunk_id, vector, content_hash)], ticket=ticket, ttl=ttl
+        )

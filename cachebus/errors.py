@@ -1,0 +1,44 @@
+"""One error hierarchy for the library and the worker.
+
+Callers decide by attribute (``retriable``), not by long lists of types.
+"""
+
+from __future__ import annotations
+
+
+class CacheBusError(Exception):
+    """Base of every error cachebus raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(CacheBusError):
+    """A setting or argument is invalid (bad prefix, TTL out of range, wrong client)."""
+
+
+class KeyEncodingError(CacheBusError, ValueError):
+    """A user-supplied key part cannot be encoded (empty, too long, not text)."""
+
+
+class CodecError(CacheBusError):
+    """A stored value cannot be decoded (wrong header, codec, dtype or dimension)."""
+
+
+class CacheUnavailableError(CacheBusError):
+    """Redis could not be reached or timed out. Raised only in strict mode or by
+    invalidation primitives; cache reads fail open by default."""
+
+    retriable = True
+
+
+class PermissionDeniedError(CacheBusError):
+    """Redis refused a command for this user (ACL NOPERM): a deployment problem."""
+
+
+class InvalidEventError(CacheBusError):
+    """A document event failed validation; the worker dead-letters it."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,181 @@
+"""The key scheme: the one place that builds key strings and scan patterns.
+
+Every user-supplied part (doc ids, collections, models, tags, chunk ids) is
+percent-encoded so that only ``[A-Za-z0-9_.~%-]`` reaches a key: ``:`` ``{``
+``}`` ``*`` ``?`` ``[`` ``]`` ``\\`` and whitespace can never change a key's
+meaning, its Redis Cluster hash slot, or a pattern's reach.
+
+Layout (prefix ``cb``; ``<x>`` is an encoded part, ``{...}`` a cluster hash tag)::
+
+    cb:seq                                   global invalidation sequence (INCR)
+    cb:gen:{<ns>}                            namespace generation (version bump)
+    cb:stamp:{<tag>}                         tag invalidation stamp
+    cb:qe:<model>:<version>:g<N>:{<sha256>}  query embedding
+    cb:de:{d.<doc>}                          document embeddings (hash: chunk -> vector)
+    cb:sr:<collection>:g<N>:{<sha256>}       search results
+    cb:rr:<model>:{<sha256>}                 rerank scores
+    cb:hwm:{d.<doc>}                         worker: document high-water mark
+    cb:lease:<rest of an entry key>          herd-control lease (same slot as the entry)
+
+A document's stamp, embeddings and high-water mark share the hash tag
+``{d.<doc>}``, so one Lua script can update them atomically on a cluster;
+query embeddings and search results are spread by their content hash so a hot
+model or collection is not pinned to one slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from .errors import ConfigError, KeyEncodingError
+
+MAX_PART_CHARS = 1024
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def validate_prefix(prefix: str) -> str:
+    """Prefixes are operator-chosen but still must not carry glob or hash-tag characters."""
+    if not _PREFIX_RE.match(prefix):
+        raise ConfigError(
+            f"prefix {prefix!r} must be 1-64 characters of letters, digits, '_', '.', '-'"
+        )
+    return prefix
+
+
+def encode_part(value: str) -> str:
+    """Percent-encode one user-supplied part; reversible with :func:`decode_part`."""
+    if not isinstance(value, str):
+        raise KeyEncodingError(f"key part must be str, got {type(value).__name__}")
+    if not value:
+        raise KeyEncodingError("key part must not be empty")
+    if len(value) > MAX_PART_CHARS:
+        raise KeyEncodingError(f"key part longer than {MAX_PART_CHARS} characters")
+    try:
+        return quote(value, safe="", errors="strict")
+    except UnicodeEncodeError as exc:
+        raise KeyEncodingError(f"key part is not valid Unicode text: {exc}") from None
+
+
+def decode_part(encoded: str) -> str:
+    return unquote(encoded, errors="strict")
+
+
+def escape_glob(text: str) -> str:
+    """Backslash-escape Redis glob specials (``* ? [ ] \\``) in a literal."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def sha256_hex(data: str | bytes) -> str:
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    return hashlib.sha256(raw).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    """An invalidation tag. Build with :meth:`doc`, :meth:`collection` or :meth:`user`."""
+
+    token: str
+    """Encoded form, e.g. ``d.report%2A1`` (kind letter, dot, encoded value)."""
+
+    @classmethod
+    def doc(cls, doc_id: str) -> Tag:
+        return cls("d." + encode_part(doc_id))
+
+    @classmethod
+    def collection(cls, name: str) -> Tag:
+        return cls("c." + encode_part(name))
+
+    @classmethod
+    def user(cls, name: str) -> Tag:
+        return cls("u." + encode_part(name))
+
+    def __str__(self) -> str:
+        kind, _, value = self.token.partition(".")
+        label = {"d": "doc", "c": "collection", "u": "tag"}.get(kind, kind)
+        return f"{label}:{decode_part(value)}"
+
+
+class KeyScheme:
+    """Builds every key and pattern for one prefix. Worker and library share it."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = "cb") -> None:
+        self.prefix = validate_prefix(prefix)
+
+    # control state -------------------------------------------------------
+    def seq(self) -> str:
+        return f"{self.prefix}:seq"
+
+    def stamp(self, tag: Tag) -> str:
+        return f"{self.prefix}:stamp:{{{tag.token}}}"
+
+    def generation(self, namespace: str) -> str:
+        return f"{self.prefix}:gen:{{{namespace}}}"
+
+    def hwm(self, doc_id: str) -> str:
+        return f"{self.prefix}:hwm:{{{Tag.doc(doc_id).token}}}"
+
+    # namespaces (encoded, used in generation keys) -----------------------
+    @staticmethod
+    def query_namespace(model: str, model_version: str) -> str:
+        return f"qe.{encode_part(model)}.{encode_part(model_version)}"
+
+    @staticmethod
+    def search_namespace(collection: str) -> str:
+        return f"sr.{encode_part(collection)}"
+
+    # cache entries -------------------------------------------------------
+    def query_embedding(self, model: str, model_version: str, generation: int, text: str) -> str:
+        return (
+            f"{self.prefix}:qe:{encode_part(model)}:{encode_part(model_version)}"
+            f":g{generation}:{{{sha256_hex(text)}}}"
+        )
+
+    def document_embeddings(self, doc_id: str) -> str:
+        return f"{self.prefix}:de:{{{Tag.doc(doc_id).token}}}"
+
+    def search_results(self, collection: str, generation: int, digest: str) -> str:
+        return f"{self.prefix}:sr:{encode_part(collection)}:g{generation}:{{{digest}}}"
+
+    def rerank_scores(self, model: str, digest: str) -> str:
+        return f"{self.prefix}:rr:{encode_part(model)}:{{{digest}}}"
+
+    def lease(self, entry_key: str) -> str:
+        """The lease key shares the entry's hash tag, hence its cluster slot."""
+        head = f"{self.prefix}:"
+        if not entry_key.startswith(head):
+            raise KeyEncodingError(f"{entry_key!r} is not a key of prefix {self.prefix!r}")
+        return f"{self.prefix}:lease:{entry_key[len(head) :]}"
+
+    # patterns ------------------------------------------------------------
+    def pattern(self, template: str, **parts: str) -> str:
+        """Build a SCAN MATCH pattern under this prefix.
+
+        ``template`` is operator-written glob text with ``{name}`` placeholders;
+        each placeholder is filled with the *glob-escaped* raw value, so a doc id
+        of ``*`` matches only the literal ``*``. Example::
+
+            scheme.pattern("legacy:docembed:{doc_id}:*", doc_id="a*")
+            # -> 'cb:legacy:docembed:a\\*:*'
+        """
+        for name, value in parts.items():
+            if not isinstance(value, str) or not value:
+                raise KeyEncodingError(f"pattern part {name!r} must be a non-empty string")
+
+        def fill(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in parts:
+                raise ConfigError(f"pattern template {template!r} needs part {name!r}")
+            return escape_glob(parts[name])
+
+        body = _PLACEHOLDER.sub(fill, template)
+        return f"{escape_glob(self.prefix)}:{body}"
+
+    def owns(self, key: str) -> bool:
+        return key.startswith(f"{self.prefix}:")

@@ -1,0 +1,186 @@
+"""Cache-aside services: what a search service calls instead of its embedder
+and its search pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from .codecs import Vector
+from .embedders import AsyncEmbedder, Embedder
+from .errors import CacheBusError
+from .query_embeddings import AsyncQueryEmbeddingCache, QueryEmbeddingCache
+from .search_results import (
+    AsyncSearchResultsCache,
+    Filters,
+    Results,
+    SearchHit,
+    SearchRequest,
+)
+
+
+class SearchPipeline(Protocol):
+    """The user's vector search: embedding in, hits out."""
+
+    def search(
+        self, collection: str, vector: Vector, filters: Filters, top_k: int
+    ) -> Sequence[SearchHit]: ...
+
+
+class AsyncSearchPipeline(Protocol):
+    def search(
+        self, collection: str, vector: Vector, filters: Filters, top_k: int
+    ) -> Awaitable[Sequence[SearchHit]]: ...
+
+
+def _unique(texts: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(texts))
+
+
+class CachedEmbeddingService:
+    """``embed``/``embed_batch`` through the query embedding cache.
+
+    Repeated texts in a batch are embedded once; hits come back in input order;
+    only misses go to the embedder (one call per batch, herd-controlled across
+    processes); an embedder error caches nothing. If Redis fails, the embedder
+    is called directly (counted as an error) unless settings are strict.
+    """
+
+    def __init__(self, cache: QueryEmbeddingCache, embedder: Embedder) -> None:
+        self.cache = cache
+        self.embedder = embedder
+
+    def embed(self, text: str) -> Vector:
+        return self.embed_batch([text])[0]
+
+    def embed_batch(self, texts: Sequence[str]) -> list[Vector]:
+        unique = _unique(texts)
+        if not unique:
+            return []
+
+        def compute(todo: list[str]) -> Any:
+            return self.embedder.embed(todo)
+
+        try:
+            vectors = self.cache._run(self.cache.core.read_through(unique, compute))
+        except CacheBusError as exc:
+            if self.cache.core.settings.strict or not exc.retriable:
+                raise
+            self.cache.metrics.errors += 1
+            self.cache.metrics.provider_calls += 1
+            vectors = [np.asarray(v, dtype=np.float32) for v in self.embedder.embed(unique)]
+        by_text = dict(zip(unique, vectors, strict=True))
+        return [by_text[t] for t in texts]
+
+
+class AsyncCachedEmbeddingService:
+    """The asyncio twin of :class:`CachedEmbeddingService` (same program)."""
+
+    def __init__(self, cache: AsyncQueryEmbeddingCache, embedder: AsyncEmbedder | Embedder):
+        self.cache = cache
+        self.embedder = embedder
+
+    async def embed(self, text: str) -> Vector:
+        return (await self.embed_batch([text]))[0]
+
+    async def embed_batch(self, texts: Sequence[str]) -> list[Vector]:
+        unique = _unique(texts)
+        if not unique:
+            return []
+
+        def compute(todo: list[str]) -> Any:
+            return self.embedder.embed(todo)
+
+        try:
+            vectors = await self.cache._run(self.cache.core.read_through(unique, compute))
+        except CacheBusError as exc:
+            if self.cache.core.settings.strict or not exc.retriable:
+                raise
+            self.cache.metrics.errors += 1
+            self.cache.metrics.provider_calls += 1
+            raw = self.embedder.embed(unique)
+            if isinstance(raw, Awaitable):
+                raw = await raw
+            vectors = [np.asarray(v, dtype=np.float32) for v in raw]
+        by_text = dict(zip(unique, vectors, strict=True))
+        return [by_text[t] for t in texts]
+
+
+class CachedSearchService:
+    """Search through the layers: results cache, then the embedding cache, then
+    the search pipeline. Results are tagged with their documents, so the
+    worker's invalidations retire them."""
+
+    def __init__(
+        self,
+        results: Callable[[str], Any],
+        embeddings: CachedEmbeddingService,
+        pipeline: SearchPipeline,
+    ) -> None:
+        """``results`` maps a collection name to its :class:`SearchResultsCache`
+        (e.g. ``bus.search_results``)."""
+        self.results = results
+        self.embeddings = embeddings
+        self.pipeline = pipeline
+
+    def search(
+        self,
+        collection: str,
+        query: str,
+        filters: Mapping[str, Any] | None = None,
+        top_k: int = 10,
+    ) -> Results:
+        cache = self.results(collection)
+        request = SearchRequest(query, filters, top_k)
+
+        def compute(requests: list[SearchRequest]) -> list[list[SearchHit]]:
+            vector = self.embeddings.embed(query)
+            return [list(self.pipeline.search(collection, vector, filters, top_k))]
+
+        try:
+            results: Results = cache._run(cache.core.read_through(request, compute))
+            return results
+        except CacheBusError as exc:
+            if cache.core.settings.strict or not exc.retriable:
+                raise
+            cache.metrics.errors += 1
+            return compute([request])[0]
+
+
+class AsyncCachedSearchService:
+    """The asyncio twin of :class:`CachedSearchService`."""
+
+    def __init__(
+        self,
+        results: Callable[[str], AsyncSearchResultsCache],
+        embeddings: AsyncCachedEmbeddingService,
+        pipeline: AsyncSearchPipeline,
+    ) -> None:
+        self.results = results
+        self.embeddings = embeddings
+        self.pipeline = pipeline
+
+    async def search(
+        self,
+        collection: str,
+        query: str,
+        filters: Mapping[str, Any] | None = None,
+        top_k: int = 10,
+    ) -> Results:
+        cache = self.results(collection)
+        request = SearchRequest(query, filters, top_k)
+
+        async def compute(requests: list[SearchRequest]) -> list[list[SearchHit]]:
+            vector = await self.embeddings.embed(query)
+            return [list(await self.pipeline.search(collection, vector, filters, top_k))]
+
+        try:
+            results: Results = await cache._run(cache.core.read_through(request, compute))
+            return results
+        except CacheBusError as exc:
+            if cache.core.settings.strict or not exc.retriable:
+                raise
+            cache.metrics.errors += 1
+            return (await compute([request]))[0]

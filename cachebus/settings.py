@@ -1,0 +1,124 @@
+"""The one settings object, read from the environment (``CACHEBUS_*``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+
+HOUR = 3600
+DAY = 24 * HOUR
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything cachebus reads from the environment, with sane defaults.
+
+    Each field maps to ``CACHEBUS_<FIELD_NAME_UPPER>``; see the README's
+    configuration table.
+    """
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL (``redis://``, ``rediss://`` for TLS, user:password for ACL/AUTH)."""
+    redis_cluster: bool = False
+    """Connect with RedisCluster (the URL names any one node)."""
+    redis_timeout: float = 2.0
+    """Socket timeout for every Redis call, seconds."""
+    prefix: str = "cb"
+    """Prefix of every key; lets one Redis host several deployments and fences ACLs."""
+    codec: str = "float32"
+    """Vector codec: float32, float16 or int8; append +zlib to compress."""
+    query_embedding_ttl: int = 48 * HOUR
+    document_embedding_ttl: int = 30 * DAY
+    search_results_ttl: int = 10 * 60
+    rerank_scores_ttl: int = 10 * 60
+    stamp_ttl: int = DAY
+    """How long a tag's invalidation stamp is kept; tagged entries may not live longer."""
+    max_ticket_age: float = 600.0
+    """A value computed from a ticket older than this is not written (seconds)."""
+    lease_ms: int = 5000
+    """Herd control: how long a computing caller holds the lease."""
+    lease_wait_ms: int = 3000
+    """Herd control: how long other callers wait for the leaseholder before computing."""
+    strict: bool = False
+    """Raise on Redis errors during reads instead of failing open (counted miss)."""
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""
+    events_topic: str = "documents.events"
+    audit_topic: str = "cache.audit"
+    dlq_topic: str = "documents.events.dlq"
+    topic_partitions: int = 6
+    consumer_group: str = "cachebus-worker"
+    rules_file: str = ""
+    """TOML file with invalidation rules; empty means the shipped defaults."""
+    max_event_bytes: int = 1_000_000
+    worker_id: str = ""
+    web_port: int = 6066
+    """Health and Prometheus metrics port of the worker."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``CACHEBUS_*`` variables; keyword overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"CACHEBUS_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, raw, type(getattr(cls(), f.name)))
+        values.update(overrides)
+        return cls(**values).validated()
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (validated)."""
+        return replace(self, **changes).validated()
+
+    def validated(self) -> Settings:
+        from .keys import validate_prefix
+
+        validate_prefix(self.prefix)
+        for name in (
+            "query_embedding_ttl",
+            "document_embedding_ttl",
+            "search_results_ttl",
+            "rerank_scores_ttl",
+            "stamp_ttl",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds")
+        for name in ("search_results_ttl", "rerank_scores_ttl"):
+            if getattr(self, name) > self.stamp_ttl:
+                raise ConfigError(
+                    f"{name} ({getattr(self, name)} s) exceeds stamp_ttl ({self.stamp_ttl} s): "
+                    "tagged entries must not outlive their tags' invalidation stamps"
+                )
+        if self.max_ticket_age >= self.stamp_ttl:
+            raise ConfigError("max_ticket_age must be shorter than stamp_ttl")
+        return self
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"CACHEBUS_{name.upper()}={raw!r} is not a valid {kind.__name__}"
+        ) from None
+    return raw

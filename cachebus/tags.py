@@ -1,0 +1,214 @@
+"""Tickets, tag stamps and the three invalidation primitives' programs.
+
+Race-free tag invalidation (closes the stale-set race):
+
+* One monotonic sequence ``<prefix>:seq`` (INCR).
+* A caller takes a :class:`Ticket` (reads the sequence, and the generations
+  its keys use) *before* computing a value, and writes the value with that
+  ticket's sequence number inside it.
+* Invalidating tags INCRs the sequence to ``S`` and raises each tag's stamp to
+  ``S`` (never lowers it). A read treats an entry as a miss if any of its tags
+  has a stamp above the entry's sequence number. A value computed before the
+  invalidation therefore never serves, even if it is written after it.
+* Deleting a document sets its stamp to :data:`TOMBSTONE`, above every
+  sequence number: no entry tagged with it serves until it is revived.
+
+Document embeddings share their document's hash tag with its stamp, so their
+writes are refused atomically (Lua) when the stamp is above the ticket, and an
+invalidation raises the stamp and drops the embeddings in one script.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from .commands import Call, Program
+from .keys import KeyScheme, Tag
+
+TOMBSTONE: Final = 10**18
+"""Stamp of a deleted document: above any sequence number (exact in Lua doubles)."""
+
+# KEYS[1] stamp, optional KEYS[2] the document's embeddings hash.
+# ARGV: seq, mode (bump|tomb|revive), stamp ttl ms, tombstone, drop (none|all|fields), fields...
+STAMP_SCRIPT: Final = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local seq, mode, tomb = ARGV[1], ARGV[2], ARGV[4]
+local new = redis.call('GET', KEYS[1]) or '0'
+if mode == 'tomb' then
+  new = tomb
+elseif mode == 'revive' and cur >= tonumber(tomb) then
+  new = seq
+elseif cur < tonumber(tomb) and cur < tonumber(seq) then
+  new = seq
+end
+redis.call('SET', KEYS[1], new, 'PX', ARGV[3])
+local removed = 0
+if KEYS[2] then
+  if ARGV[5] == 'all' then
+    removed = redis.call('HLEN', KEYS[2])
+    redis.call('UNLINK', KEYS[2])
+  elseif ARGV[5] == 'fields' and #ARGV > 5 then
+    for i = 6, #ARGV do
+      removed = removed + redis.call('HDEL', KEYS[2], ARGV[i])
+    end
+  end
+end
+return {new, removed}
+"""
+
+Mode = Literal["bump", "tomb", "revive"]
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """Taken before computing a value; the value is written under it.
+
+    ``seq`` is the invalidation sequence at that moment and ``generations``
+    the namespace generations the value's key uses.
+    """
+
+    seq: int
+    generations: Mapping[str, int] = field(default_factory=dict)
+    issued_at: float = field(default_factory=time.monotonic)
+
+    def age(self) -> float:
+        return time.monotonic() - self.issued_at
+
+
+def as_int(reply: Any) -> int:
+    return 0 if reply is None else int(reply)
+
+
+def ticket_calls(scheme: KeyScheme, namespaces: Sequence[str] = ()) -> list[Call]:
+    return [Call.of("GET", scheme.seq())] + [
+        Call.of("GET", scheme.generation(ns)) for ns in namespaces
+    ]
+
+
+def ticket_from(replies: Sequence[Any], namespaces: Sequence[str] = ()) -> Ticket:
+    return Ticket(
+        seq=as_int(replies[0]),
+        generations={ns: as_int(r) for ns, r in zip(namespaces, replies[1:], strict=True)},
+    )
+
+
+def take_ticket(scheme: KeyScheme, namespaces: Sequence[str] = ()) -> Program[Ticket]:
+    replies = yield ticket_calls(scheme, namespaces)
+    return ticket_from(replies, namespaces)
+
+
+def valid_entries(
+    scheme: KeyScheme, entries: Sequence[tuple[int, Sequence[str]] | None]
+) -> Program[list[bool]]:
+    """Check (seq, tag tokens) pairs against the tags' stamps in one round trip."""
+    tokens = sorted({t for e in entries if e is not None for t in e[1]})
+    stamps: dict[str, int] = {}
+    if tokens:
+        (replies,) = yield [Call("MGET", tuple(scheme.stamp(Tag(t)) for t in tokens))]
+        stamps = {t: as_int(r) for t, r in zip(tokens, replies, strict=True)}
+    return [e is not None and all(stamps.get(t, 0) <= e[0] for t in e[1]) for e in entries]
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInvalidation:
+    """What to do to one document's stamp and embeddings.
+
+    ``drop``: ``"all"`` embeddings, ``"none"``, or the chunk ids in ``chunks``.
+    ``mode``: ``"bump"`` (updated), ``"tomb"`` (deleted) or ``"revive"`` (created
+    again after a delete).
+    """
+
+    doc_id: str
+    mode: Mode = "bump"
+    drop: Literal["all", "none", "fields"] = "all"
+    chunks: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class InvalidationReport:
+    """What one invalidation did: the sequence it used, stamps raised, document
+    embedding fields removed, scan keys removed and generations bumped."""
+
+    seq: int = 0
+    stamps: dict[str, int] = field(default_factory=dict)
+    embeddings_removed: dict[str, int] = field(default_factory=dict)
+    keys_removed: int = 0
+    generations: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def removed_total(self) -> int:
+        return self.keys_removed + sum(self.embeddings_removed.values())
+
+
+def invalidate(
+    scheme: KeyScheme,
+    *,
+    tags: Iterable[Tag] = (),
+    documents: Iterable[DocumentInvalidation] = (),
+    bump: Iterable[str] = (),
+    stamp_ttl_ms: int,
+) -> Program[InvalidationReport]:
+    """Tag stamps, document invalidations and generation bumps in two round trips.
+
+    Documents' own tags (``doc:<id>``) are handled by ``documents``; ``tags``
+    are other tags (collections, user tags), always in ``bump`` mode.
+    """
+    tag_list = list(dict.fromkeys(tags))
+    doc_list = list(documents)
+    namespaces = list(dict.fromkeys(bump))
+    report = InvalidationReport()
+    first = [Call.of("INCR", scheme.generation(ns)) for ns in namespaces]
+    need_seq = bool(tag_list or doc_list)
+    if need_seq:
+        first.insert(0, Call.of("INCR", scheme.seq()))
+    if not first:
+        return report
+    replies = yield first
+    if need_seq:
+        report.seq = int(replies[0])
+        replies = replies[1:]
+    report.generations = {ns: int(r) for ns, r in zip(namespaces, replies, strict=True)}
+    if not need_seq:
+        return report
+    seq = str(report.seq)
+    calls: list[Call] = []
+    for tag in tag_list:
+        calls.append(
+            Call.of(
+                "EVAL",
+                STAMP_SCRIPT,
+                1,
+                scheme.stamp(tag),
+                seq,
+                "bump",
+                stamp_ttl_ms,
+                TOMBSTONE,
+                "none",
+            )
+        )
+    for doc in doc_list:
+        calls.append(
+            Call.of(
+                "EVAL",
+                STAMP_SCRIPT,
+                2,
+                scheme.stamp(Tag.doc(doc.doc_id)),
+                scheme.document_embeddings(doc.doc_id),
+                seq,
+                doc.mode,
+                stamp_ttl_ms,
+                TOMBSTONE,
+                doc.drop,
+                *doc.chunks,
+            )
+        )
+    results = yield calls
+    for tag, (stamp, _) in zip(tag_list, results[: len(tag_list)], strict=True):
+        report.stamps[str(tag)] = int(stamp)
+    for doc, (stamp, removed) in zip(doc_list, results[len(tag_list) :], strict=True):
+        report.stamps[str(Tag.doc(doc.doc_id))] = int(stamp)
+        report.embeddings_removed[doc.doc_id] = int(removed)
+    return report

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install everything the demo, the tests and the benchmarks need on a fresh
+# Debian machine (root) or a prepared one (each step is skipped when done).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+command -v redis-benchmark >/dev/null 2>&1 || need_apt+=(redis-tools)
+command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]} with apt-get" >&2
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# A Debian redis-server package starts a system service on :6379; we never use it.
+
+echo "setup: installing cachebus with the worker and dev extras" >&2
+$PYTHON -m pip install -q --disable-pip-version-check -e ".[worker,dev]"
+
+echo "setup: resolving Apache Kafka jars from Maven Central (cached)" >&2
+$PYTHON -m worker.testing kafka fetch
+echo "setup: done" >&2
