@@ -62,6 +62,13 @@ def _namespaces(
     ]
 
 
+def _cursor(reply: Any) -> int:
+    """RedisCluster answers a node-targeted SCAN with ``{node: cursor}``."""
+    if isinstance(reply, dict):
+        (reply,) = reply.values()
+    return int(reply)
+
+
 class Invalidator:
     """Invalidation primitives on a sync client. Errors raise (never fail open):
     the worker must retry rather than ack an event whose invalidation failed."""
@@ -121,9 +128,10 @@ class Invalidator:
                         cursor, keys = client.scan(
                             cursor, match=pattern, count=count, target_nodes=node
                         )
+                    cursor = _cursor(cursor)
                     if keys:
                         yield [k if isinstance(k, bytes) else k.encode() for k in keys]
-                    if int(cursor) == 0:
+                    if cursor == 0:
                         break
         except RedisError as exc:
             raise translate(exc) from exc
@@ -185,9 +193,10 @@ class AsyncInvalidator:
                         cursor, keys = await client.scan(
                             cursor, match=pattern, count=count, target_nodes=node
                         )
+                    cursor = _cursor(cursor)
                     if keys:
                         yield [k if isinstance(k, bytes) else k.encode() for k in keys]
-                    if int(cursor) == 0:
+                    if cursor == 0:
                         break
         except RedisError as exc:
             raise translate(exc) from exc

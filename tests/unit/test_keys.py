@@ -117,7 +117,7 @@ class TestPatterns:
         keys = KeyScheme("cb")
         pattern = keys.pattern("legacy:{doc_id}:*", doc_id=doc_id)
         own = f"cb:legacy:{doc_id}:chunk1"
-        others = [f"cb:legacy:{o}:chunk1" for o in HOSTILE + ["b", "ab", "a", "x"] if o != doc_id]
+        others = [f"cb:legacy:{o}:chunk1" for o in [*HOSTILE, "b", "ab", "a", "x"] if o != doc_id]
         assert redis_glob_match(pattern, own)
         assert not any(redis_glob_match(pattern, other) for other in others)
 
