@@ -227,13 +227,20 @@ def _maven_copy_dependencies(version: str, base: Path, libs: Path) -> None:
         mvn,
         "-q",
         "-B",
+        "-Dstyle.color=never",  # plain text for the error report below
         "-f",
         str(pom),
         "dependency:copy-dependencies",
         f"-DoutputDirectory={partial}",
         "-DincludeScope=runtime",
     ]
-    proc = subprocess.run(cmd, cwd=base, capture_output=True, text=True, check=False)
+    try:
+        # Generous: a cold ~/.m2 fetches ~45 MB of jars plus Maven's own plugins.
+        proc = subprocess.run(
+            cmd, cwd=base, capture_output=True, text=True, check=False, timeout=900
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"resolving Kafka {version} with Maven timed out after 900s") from None
     if proc.returncode != 0:
         output = "\n".join((proc.stdout + proc.stderr).splitlines()[-_LOG_TAIL_LINES:])
         raise RuntimeError(
@@ -311,6 +318,7 @@ async def _wait_ready_async(
             break
         # Cheap TCP check first: aiokafka logs every refused connection at ERROR level.
         if not _tcp_open(bootstrap):
+            last_error = ConnectionError(f"nothing accepts TCP connections at {bootstrap}")
             await asyncio.sleep(0.2)
             continue
         try:
@@ -590,7 +598,10 @@ class LocalKafka:
                 within ``startup_timeout``; the message holds the tail of the broker's logs.
         """
         if self._external is not None:
-            wait_for_kafka(self._external, self.startup_timeout)
+            try:
+                wait_for_kafka(self._external, self.startup_timeout)
+            except TimeoutError as exc:
+                raise RuntimeError(f"CACHEBUS_KAFKA_BOOTSTRAP broker unusable: {exc}") from None
             return self
         if self.running:
             return self
@@ -825,12 +836,30 @@ class LocalKafka:
         if self._root is None:
             return ""
         parts = []
+        # The tail is often one long stack trace; the first ERROR lines usually name the cause.
+        errors = _error_lines(self._root / "logs" / "server.log")
+        if errors:
+            parts.append("--- first ERROR lines of the broker log ---\n" + "\n".join(errors))
         for name in ("stdout.log", "server.log"):
             path = self._root / "logs" / name
             text = _tail(path)
             if text.strip():
                 parts.append(f"--- last {_LOG_TAIL_LINES} lines of {path} ---\n{text.rstrip()}")
         return "\n".join(parts) or f"(no broker output in {self._root / 'logs'})"
+
+
+def _error_lines(path: Path, limit: int = 5) -> list[str]:
+    found: list[str] = []
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if "] ERROR " in line or "] FATAL " in line:
+                    found.append(line.rstrip()[:500])
+                    if len(found) >= limit:
+                        break
+    except OSError:
+        pass
+    return found
 
 
 def _int_or_none(text: str | None) -> int | None:
