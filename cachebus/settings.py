@@ -59,9 +59,15 @@ class Settings:
     rules_file: str = ""
     """TOML file with invalidation rules; empty means the shipped defaults."""
     max_event_bytes: int = 1_000_000
+    """Larger events are dead-lettered (reason ``oversize``)."""
+    batch_max: int = 500
+    """The worker applies up to this many events per batch."""
+    batch_wait_ms: int = 20
+    """...waiting at most this long to fill a batch."""
     worker_id: str = ""
     web_port: int = 6066
-    """Health and Prometheus metrics port of the worker."""
+    """Health and Prometheus metrics port of the worker (0 turns it off)."""
+    log_level: str = "info"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

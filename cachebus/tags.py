@@ -32,7 +32,8 @@ TOMBSTONE: Final = 10**18
 """Stamp of a deleted document: above any sequence number (exact in Lua doubles)."""
 
 # KEYS[1] stamp, optional KEYS[2] the document's embeddings hash.
-# ARGV: seq, mode (bump|tomb|revive), stamp ttl ms, tombstone, drop (none|all|fields), fields...
+# ARGV: seq, mode (bump|tomb|revive), stamp ttl ms, tombstone, drop (none|all|fields|changed),
+# then chunk ids (fields) or chunk id / content hash pairs (changed).
 STAMP_SCRIPT: Final = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local seq, mode, tomb = ARGV[1], ARGV[2], ARGV[4]
@@ -53,6 +54,21 @@ if KEYS[2] then
   elseif ARGV[5] == 'fields' and #ARGV > 5 then
     for i = 6, #ARGV do
       removed = removed + redis.call('HDEL', KEYS[2], ARGV[i])
+    end
+  elseif ARGV[5] == 'changed' then
+    -- keep a chunk only if the event lists it with the content hash it was
+    -- embedded from (record layout: magic byte, hash length byte, hash, vector)
+    local keep = {}
+    for i = 6, #ARGV, 2 do keep[ARGV[i]] = ARGV[i + 1] end
+    for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+      local want = keep[f]
+      local stale = true
+      if want then
+        local v = redis.call('HGET', KEYS[2], f)
+        local n = string.byte(v, 2)
+        if n and string.sub(v, 3, 2 + n) == want then stale = false end
+      end
+      if stale then removed = removed + redis.call('HDEL', KEYS[2], f) end
     end
   end
 end
@@ -116,14 +132,17 @@ def valid_entries(
 class DocumentInvalidation:
     """What to do to one document's stamp and embeddings.
 
-    ``drop``: ``"all"`` embeddings, ``"none"``, or the chunk ids in ``chunks``.
+    ``drop``: ``"all"`` embeddings, ``"none"``, the chunk ids in ``chunks``
+    (``"fields"``), or ``"changed"``: every chunk except those listed in
+    ``chunks`` as flattened (chunk_id, content_hash) pairs whose stored
+    content hash is equal (unchanged chunks survive an update).
     ``mode``: ``"bump"`` (updated), ``"tomb"`` (deleted) or ``"revive"`` (created
     again after a delete).
     """
 
     doc_id: str
     mode: Mode = "bump"
-    drop: Literal["all", "none", "fields"] = "all"
+    drop: Literal["all", "none", "fields", "changed"] = "all"
     chunks: tuple[str, ...] = ()
 
 

@@ -48,6 +48,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .kafka import acreate_topics
+
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
     "LocalKafka",
@@ -350,64 +352,6 @@ def wait_for_kafka(bootstrap: str, timeout: float = 90.0) -> None:
         TimeoutError: the broker did not answer in time.
     """
     _run_sync(lambda: _wait_ready_async(bootstrap, timeout, None))
-
-
-async def acreate_topics(
-    bootstrap: str,
-    topics: Mapping[str, int],
-    replication: int = 1,
-    timeout: float = 30.0,
-) -> None:
-    """Create ``{name: partitions}`` topics and wait until every partition has a leader.
-
-    Topics that already exist are left alone (their partition count is not changed).
-
-    Raises:
-        RuntimeError: the broker refused to create a topic for another reason.
-        TimeoutError: partitions got no leader within ``timeout`` seconds.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError, for_code
-
-    if not topics:
-        return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
-    await admin.start()
-    try:
-        response = await admin.create_topics(
-            [NewTopic(name, partitions, replication) for name, partitions in topics.items()]
-        )
-        failures = []
-        for entry in response.topic_errors:
-            name, code = entry[0], entry[1]
-            message = entry[2] if len(entry) > 2 else None
-            if code in (0, TopicAlreadyExistsError.errno):
-                continue
-            failures.append(f"{name}: {for_code(code).__name__} {message or ''}".strip())
-        if failures:
-            raise RuntimeError("create_topics failed: " + "; ".join(failures))
-
-        # CreateTopics returns before leaders are elected; producing at once would then hit
-        # LEADER_NOT_AVAILABLE retries, so wait here where the timeout is explicit.
-        deadline = time.monotonic() + timeout
-        while True:
-            described = await admin.describe_topics(list(topics))
-            if all(_topic_ready(t) for t in described) and len(described) == len(topics):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topics {sorted(topics)} have no leaders after {timeout}s")
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
-
-
-def _topic_ready(topic: Mapping[str, Any]) -> bool:
-    partitions = topic.get("partitions") or []
-    return (
-        topic.get("error_code", 0) == 0
-        and bool(partitions)
-        and all(p.get("error_code", 0) == 0 and p.get("leader", -1) >= 0 for p in partitions)
-    )
 
 
 def create_topics(

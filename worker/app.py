@@ -1,0 +1,193 @@
+"""The faust app: topics and one agent. Wiring only; the logic lives in the
+processor, planner and applier.
+
+Faust traps avoided here (see DESIGN.md): agent concurrency 1;
+``noack_take`` plus explicit acks after the audit and dead-letter messages are
+delivered (plain ``take`` acks a batch even when the agent raises); Redis
+calls have timeouts; faust's web server and table views are off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import faust
+import structlog
+from faust.types import EventT
+from redis.exceptions import RedisError
+
+from cachebus.connection import connect_async
+from cachebus.settings import Settings
+
+from . import metrics
+from .applier import Applier
+from .audit import SourceRecord
+from .processor import Processor
+from .rules import Rules, load_rules
+from .web import HealthState, start_web
+
+log = structlog.get_logger("cachebus.worker")
+
+
+def worker_id(settings: Settings) -> str:
+    return settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def broker_credentials(settings: Settings) -> Any:
+    from .kafka import client_config
+
+    config = client_config(settings)
+    protocol = config["security_protocol"]
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=config["sasl_plain_username"],
+            password=config["sasl_plain_password"],
+            mechanism=config["sasl_mechanism"],
+            ssl_context=config.get("ssl_context"),
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(config["ssl_context"])
+    return None
+
+
+def record_of(event: EventT[Any]) -> SourceRecord:
+    message = event.message
+    return SourceRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+        key=message.key,
+        value=message.value,
+    )
+
+
+def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
+    """Build the faust app for these settings."""
+    rules = rules or load_rules(settings.rules_file or None)
+    wid = worker_id(settings)
+    datadir = Path(tempfile.gettempdir()) / f"cachebus-faust-{wid}"
+    app = faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
+        broker_credentials=broker_credentials(settings),
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        topic_partitions=settings.topic_partitions,
+        web_enabled=False,
+        autodiscover=False,
+        store="memory://",
+        datadir=str(datadir),
+        broker_commit_interval=1.0,
+    )
+
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.topic_partitions,
+        )
+
+    events_topic = raw_topic(settings.events_topic)
+    audit_topic = raw_topic(settings.audit_topic)
+    dlq_topic = raw_topic(settings.dlq_topic)
+    health = HealthState()
+    state: dict[str, Any] = {}
+
+    async def processor() -> Processor:
+        if "processor" not in state:
+            client = await connect_async(settings, ping=False)
+            state["client"] = client
+            state["processor"] = Processor(
+                Applier(client, settings), settings, rules, worker_id=wid
+            )
+        proc: Processor = state["processor"]
+        return proc
+
+    async def redis_ping() -> bool:
+        client = state.get("client")
+        if client is None:
+            return False
+        try:
+            return bool(await asyncio.wait_for(client.ping(), settings.redis_timeout))
+        except (RedisError, TimeoutError, OSError):
+            return False
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def serve_health() -> None:
+        if settings.web_port:
+            state["web"] = await start_web(settings.web_port, health, redis_ping)
+            log.info("health and metrics listening", port=settings.web_port)
+
+    @app.agent(events_topic, concurrency=1)
+    async def invalidate(stream: Any) -> None:
+        proc = await processor()
+        manual = stream.noack()
+        async for events in manual.noack_take(settings.batch_max, settings.batch_wait_ms / 1000):
+            records = [record_of(e) for e in events]
+            out = await proc.process(records)
+            futures = [await dlq_topic.send(key=k, value=v) for k, v in out.dead_letters]
+            futures += [await audit_topic.send(key=k, value=v) for k, v in out.audits]
+            await asyncio.gather(*futures)  # delivered to Kafka before any ack
+            for event in events:
+                await manual.ack(event)
+            _observe(app, events, records, out.outcomes, health)
+
+    log.info(
+        "worker configured",
+        worker_id=wid,
+        group=settings.consumer_group,
+        events_topic=settings.events_topic,
+        audit_topic=settings.audit_topic,
+        dlq_topic=settings.dlq_topic,
+        prefix=settings.prefix,
+    )
+    return app
+
+
+def _observe(
+    app: faust.App,
+    events: list[EventT[Any]],
+    records: list[SourceRecord],
+    outcomes: dict[str, int],
+    health: HealthState,
+) -> None:
+    import time
+
+    for outcome, count in outcomes.items():
+        metrics.EVENTS.labels(outcome).inc(count)
+    metrics.BATCH_SIZE.observe(len(records))
+    now_ms = time.time() * 1000
+    for record in records:
+        if record.timestamp_ms:
+            metrics.EVENT_LAG_MS.observe(max(0.0, now_ms - record.timestamp_ms))
+    last: dict[Any, int] = {}
+    for event in events:
+        last[event.message.tp] = event.message.offset
+    for tp, offset in last.items():
+        highwater = app.consumer.highwater(tp)
+        if highwater is not None:
+            metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwater - offset - 1))
+    health.events += len(records)
+    health.last_batch_at = time.time()
+
+
+def run(settings: Settings) -> None:
+    """Create the topics if missing, then run the worker until SIGTERM/SIGINT."""
+    from .kafka import ensure_topics
+    from .logs import configure
+
+    configure(settings.log_level)
+    asyncio.run(ensure_topics(settings))
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()

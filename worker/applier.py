@@ -1,0 +1,156 @@
+"""The applier: the only part of the worker that talks to Redis. It executes
+plans through the library's invalidation primitives, batched, and keeps the
+per-document high-water marks that make re-delivery harmless."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from cachebus.commands import Call
+from cachebus.invalidation import AsyncInvalidator
+from cachebus.keys import KeyScheme
+from cachebus.runner import AsyncClient
+from cachebus.settings import Settings
+
+from .events import DocumentEvent
+from .planner import Plan
+
+Outcome = Literal["applied", "skipped_stale", "skipped_duplicate"]
+
+# KEYS[1] hwm; ARGV version, event_id. Raise the mark only (a replayed or
+# re-delivered older event never lowers it).
+HWM_SCRIPT: Final = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local v = tonumber(string.match(cur, '^(%d+):'))
+  if v and v >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
+return 1
+"""
+
+
+@dataclass(slots=True)
+class Applied:
+    """What happened to one event."""
+
+    outcome: Outcome
+    reason: str | None = None
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    keys_removed: int = 0
+    generations: dict[str, int] = field(default_factory=dict)
+
+
+def _parse_hwm(raw: bytes | None) -> tuple[int, str] | None:
+    if raw is None:
+        return None
+    version, _, event_id = raw.decode("utf-8", "replace").partition(":")
+    return int(version), event_id
+
+
+class Applier:
+    """Applies batches of planned events to Redis in a few round trips:
+    one MGET of high-water marks, two for all invalidations, one for the marks."""
+
+    def __init__(self, client: AsyncClient, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = KeyScheme(settings.prefix)
+        self.invalidator = AsyncInvalidator(client, settings=settings)
+        self._runner = self.invalidator._runner
+
+    async def apply(self, items: Sequence[tuple[DocumentEvent, Plan]]) -> list[Applied]:
+        """Apply in order. Raises CacheUnavailableError on Redis trouble; the
+        caller retries the whole batch (every step is idempotent)."""
+        results: list[Applied | None] = [None] * len(items)
+        docs = list(dict.fromkeys(ev.doc_id for ev, _ in items))
+        marks: dict[str, tuple[int, str] | None] = {}
+        if docs:
+            (raw,) = await self._runner.execute(
+                [Call("MGET", tuple(self.keys.hwm(d) for d in docs))]
+            )
+            marks = {d: _parse_hwm(r) for d, r in zip(docs, raw, strict=True)}
+
+        # Decide skips in order; later events of one document see earlier ones.
+        rounds: list[list[int]] = []
+        seen_in_batch: dict[str, int] = {}
+        for i, (event, _) in enumerate(items):
+            mark = marks.get(event.doc_id)
+            if mark is not None and event.doc_version <= mark[0]:
+                if event.event_id == mark[1]:
+                    results[i] = Applied("skipped_duplicate", "event already applied")
+                else:
+                    results[i] = Applied(
+                        "skipped_stale",
+                        f"doc_version {event.doc_version} is not above the document's "
+                        f"high-water mark {mark[0]}",
+                    )
+                continue
+            marks[event.doc_id] = (event.doc_version, event.event_id)
+            # Each document at most once per round, so one round's actions never conflict.
+            r = seen_in_batch.get(event.doc_id, 0)
+            seen_in_batch[event.doc_id] = r + 1
+            if r == len(rounds):
+                rounds.append([])
+            rounds[r].append(i)
+
+        for indexes in rounds:
+            await self._apply_round(items, indexes, results)
+        return [r for r in results if r is not None]
+
+    async def _apply_round(
+        self,
+        items: Sequence[tuple[DocumentEvent, Plan]],
+        indexes: list[int],
+        results: list[Applied | None],
+    ) -> None:
+        plans = [items[i][1] for i in indexes]
+        report = await self.invalidator.invalidate(
+            tags=[t for p in plans for t in p.tags],
+            documents=[p.document for p in plans if p.document is not None],
+            bump=[ns for p in plans for ns in p.bumps],
+        )
+        scanned: dict[str, int] = {}
+        for p in plans:
+            for pattern in p.scans:
+                if pattern not in scanned:
+                    scanned[pattern] = await self.invalidator.scan_delete(pattern)
+        calls = [
+            Call.of(
+                "EVAL",
+                HWM_SCRIPT,
+                1,
+                self.keys.hwm(items[i][0].doc_id),
+                items[i][0].doc_version,
+                items[i][0].event_id,
+            )
+            for i in indexes
+        ]
+        await self._runner.execute(calls)
+
+        for i in indexes:
+            event, p = items[i]
+            removed = report.embeddings_removed.get(event.doc_id, 0) if p.document else 0
+            generations = {
+                f"search_results:{event.collection}": report.generations[ns] for ns in p.bumps
+            }
+            actions = []
+            for action in p.actions:
+                out = action.as_json()
+                detail = dict(action.detail)
+                if action.kind == "drop_embeddings":
+                    detail["removed"] = removed
+                elif action.kind == "bump":
+                    detail["generation"] = report.generations[p.bumps[0]]
+                elif action.kind == "scan":
+                    detail["keys_removed"] = scanned[action.target]
+                if detail:
+                    out["detail"] = detail
+                actions.append(out)
+            results[i] = Applied(
+                "applied",
+                actions=actions,
+                keys_removed=removed + sum(scanned[s] for s in p.scans),
+                generations=generations,
+            )

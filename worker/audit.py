@@ -1,0 +1,105 @@
+"""Audit events and dead-letter envelopes (``schemas/audit-event`` and
+``schemas/dead-letter``), as plain JSON bytes: no faust metadata."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .applier import Applied
+from .events import DocumentEvent, peek_field
+
+MAX_DLQ_ORIGINAL = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One consumed Kafka record, independent of the consumer library."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+
+    def source(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp_ms": self.timestamp_ms,
+        }
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _lag_ms(record: SourceRecord) -> float | None:
+    if record.timestamp_ms is None or record.timestamp_ms < 0:
+        return None
+    return round(time.time() * 1000 - record.timestamp_ms, 1)
+
+
+def audit_event(
+    record: SourceRecord,
+    *,
+    worker_id: str,
+    replay: bool,
+    event: DocumentEvent | None = None,
+    applied: Applied | None = None,
+    dead_letter_reason: str | None = None,
+) -> dict[str, Any]:
+    """One audit event per input event."""
+    raw_id = event.event_id if event else peek_field(record.value or b"{}", "event_id")
+    return {
+        "audit_version": 1,
+        "event_id": raw_id,
+        "doc_id": event.doc_id if event else None,
+        "collection": event.collection if event else None,
+        "event_type": event.event_type if event else None,
+        "doc_version": event.doc_version if event else None,
+        "outcome": applied.outcome if applied else "dead_lettered",
+        "reason": applied.reason if applied else dead_letter_reason,
+        "actions": applied.actions if applied else [],
+        "keys_removed": applied.keys_removed if applied else 0,
+        "generations_bumped": applied.generations if applied else {},
+        "source": record.source(),
+        "lag_ms": _lag_ms(record),
+        "processed_at": now_rfc3339(),
+        "worker_id": worker_id,
+        "replay": replay,
+    }
+
+
+def dead_letter(
+    record: SourceRecord, reason: str, detail: str, *, worker_id: str
+) -> dict[str, Any]:
+    """The dead-letter envelope: reason, detail and the original bytes."""
+    value = record.value or b""
+    truncated = len(value) > MAX_DLQ_ORIGINAL
+    kept = value[:MAX_DLQ_ORIGINAL]
+    return {
+        "dlq_version": 1,
+        "reason": reason,
+        "detail": detail,
+        "original_value_b64": base64.b64encode(kept).decode("ascii"),
+        "original_key_b64": (
+            base64.b64encode(record.key).decode("ascii") if record.key is not None else None
+        ),
+        "original_size": len(value),
+        "original_truncated": truncated,
+        "source": record.source(),
+        "event_id": peek_field(kept, "event_id") if not truncated else None,
+        "dead_lettered_at": now_rfc3339(),
+        "worker_id": worker_id,
+    }
+
+
+def to_bytes(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -1,0 +1,27 @@
+"""Prometheus metrics of the worker."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# The *_created series only add noise to dashboards.
+disable_created_metrics()
+
+EVENTS = Counter("cachebus_events_total", "Document events processed, by outcome", ["outcome"])
+APPLY_SECONDS = Histogram(
+    "cachebus_apply_seconds",
+    "Time to apply one batch of invalidations to Redis",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+BATCH_SIZE = Histogram(
+    "cachebus_batch_size", "Events per processed batch", buckets=(1, 2, 5, 10, 50, 100, 500, 1000)
+)
+REDIS_RETRIES = Counter("cachebus_redis_retries_total", "Batches retried because Redis failed")
+CONSUMER_LAG = Gauge(
+    "cachebus_consumer_lag", "Records behind the partition's high-water mark", ["partition"]
+)
+EVENT_LAG_MS = Histogram(
+    "cachebus_event_lag_ms",
+    "Produce-to-audited latency of events, milliseconds",
+    buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 30000),
+)

@@ -1,0 +1,107 @@
+"""The planner: a pure function from (event, rules) to an invalidation plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cachebus.keys import KeyScheme, Tag
+from cachebus.tags import DocumentInvalidation
+from cachebus.tags import Mode as DocumentMode
+
+from .events import DocumentEvent
+from .rules import Rules
+
+ActionKind = Literal["tag", "scan", "bump", "drop_embeddings", "tombstone", "revive"]
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One step of a plan, as the audit trail shows it."""
+
+    kind: ActionKind
+    target: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "target": self.target}
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do for one event, in the shape the applier executes."""
+
+    actions: tuple[Action, ...]
+    tags: tuple[Tag, ...] = ()
+    document: DocumentInvalidation | None = None
+    bumps: tuple[str, ...] = ()
+    """Namespaces to version-bump."""
+    scans: tuple[str, ...] = ()
+    """Fully built, escaped SCAN MATCH patterns."""
+
+
+def plan(event: DocumentEvent, rules: Rules, keys: KeyScheme) -> Plan:
+    """Map one event to tag, pattern-scan and version-bump actions. Pure."""
+    rule = rules.for_type(event.event_type)
+    actions: list[Action] = []
+    tags: list[Tag] = []
+    bumps: list[str] = []
+    scans: list[str] = []
+    document: DocumentInvalidation | None = None
+
+    mode: DocumentMode | None = None
+    if rule.tombstone:
+        mode = "tomb"
+        actions.append(Action("tombstone", f"doc:{event.doc_id}"))
+    elif rule.invalidate_doc:
+        mode = "bump"
+        actions.append(Action("tag", f"doc:{event.doc_id}"))
+    elif rule.revive:
+        mode = "revive"
+        actions.append(Action("revive", f"doc:{event.doc_id}"))
+    elif rule.embeddings != "none":
+        mode = "bump"
+    if mode is not None:
+        drop = _drop(rule.embeddings, event)
+        document = DocumentInvalidation(event.doc_id, mode, drop, _keep(drop, event))
+        if drop != "none":
+            detail: dict[str, Any] = {"mode": drop}
+            if drop == "changed":
+                detail["chunks_in_event"] = len(event.chunks or ())
+            actions.append(Action("drop_embeddings", f"doc:{event.doc_id}", detail))
+
+    if rule.invalidate_tags:
+        for name in event.tags:
+            tags.append(Tag.user(name))
+            actions.append(Action("tag", f"tag:{name}"))
+
+    if rule.bump_collection:
+        namespace = keys.search_namespace(event.collection)
+        bumps.append(namespace)
+        actions.append(Action("bump", f"search_results:{event.collection}"))
+
+    for scan in rules.scans:
+        if event.event_type in scan.events:
+            pattern = keys.pattern(scan.pattern, doc_id=event.doc_id, collection=event.collection)
+            scans.append(pattern)
+            actions.append(Action("scan", pattern))
+
+    return Plan(tuple(actions), tuple(tags), document, tuple(bumps), tuple(scans))
+
+
+def _drop(mode: str, event: DocumentEvent) -> Literal["all", "none", "changed"]:
+    if mode == "none":
+        return "none"
+    if mode == "changed" and event.chunks is not None:
+        return "changed"
+    return "all"  # without per-chunk hashes we cannot tell what changed
+
+
+def _keep(drop: str, event: DocumentEvent) -> tuple[str, ...]:
+    """For "changed": flattened (chunk_id, content_hash) pairs to keep if equal."""
+    if drop != "changed" or event.chunks is None:
+        return ()
+    return tuple(part for pair in event.chunks for part in pair)

@@ -1,0 +1,148 @@
+"""One batch of consumed records in, one audit event per record (and dead
+letters) out. Used by the live faust agent and by replay alike."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from cachebus.errors import CacheBusError, InvalidEventError
+from cachebus.keys import KeyScheme
+from cachebus.settings import Settings
+
+from . import metrics
+from .applier import Applied, Applier
+from .audit import SourceRecord, audit_event, dead_letter, to_bytes
+from .events import DocumentEvent, parse_event
+from .planner import Plan, plan
+from .rules import Rules
+
+log = structlog.get_logger("cachebus.worker")
+
+BACKOFF_START = 0.05
+BACKOFF_MAX = 5.0
+
+
+@dataclass(slots=True)
+class Outbound:
+    """Messages to produce before the batch's offsets may be committed."""
+
+    audits: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+class Processor:
+    """Parse, plan, apply (retrying Redis until it answers), audit."""
+
+    def __init__(
+        self,
+        applier: Applier,
+        settings: Settings,
+        rules: Rules,
+        *,
+        worker_id: str,
+        replay: bool = False,
+        dry_run: bool = False,
+    ) -> None:
+        self.applier = applier
+        self.settings = settings
+        self.rules = rules
+        self.keys = KeyScheme(settings.prefix)
+        self.worker_id = worker_id
+        self.replay = replay
+        self.dry_run = dry_run
+
+    async def process(self, records: Sequence[SourceRecord]) -> Outbound:
+        out = Outbound()
+        good: list[tuple[int, DocumentEvent, Plan]] = []
+        audits: list[dict[str, object] | None] = [None] * len(records)
+        for i, record in enumerate(records):
+            try:
+                event = parse_event(record.value, max_bytes=self.settings.max_event_bytes)
+                good.append((i, event, plan(event, self.rules, self.keys)))
+            except InvalidEventError as exc:
+                self._dead_letter(out, audits, i, record, exc.reason, exc.detail)
+            except CacheBusError as exc:  # e.g. an id the key scheme refuses
+                self._dead_letter(out, audits, i, record, "processing_error", str(exc))
+
+        applied = await self._apply([(e, p) for _, e, p in good])
+        for (i, event, _), result in zip(good, applied, strict=True):
+            record = records[i]
+            audits[i] = audit_event(
+                record, worker_id=self.worker_id, replay=self.replay, event=event, applied=result
+            )
+            out.outcomes[result.outcome] = out.outcomes.get(result.outcome, 0) + 1
+            log.debug(
+                "event processed",
+                outcome=result.outcome,
+                event_id=event.event_id,
+                doc_id=event.doc_id,
+                partition=record.partition,
+                offset=record.offset,
+            )
+        for i, audit in enumerate(audits):
+            if audit is not None:
+                key = records[i].key
+                out.audits.append((key, to_bytes(audit)))
+        return out
+
+    def _dead_letter(
+        self,
+        out: Outbound,
+        audits: list[dict[str, object] | None],
+        i: int,
+        record: SourceRecord,
+        reason: str,
+        detail: str,
+    ) -> None:
+        log.warning(
+            "event dead-lettered",
+            reason=reason,
+            detail=detail[:200],
+            partition=record.partition,
+            offset=record.offset,
+        )
+        out.dead_letters.append(
+            (record.key, to_bytes(dead_letter(record, reason, detail, worker_id=self.worker_id)))
+        )
+        audits[i] = audit_event(
+            record,
+            worker_id=self.worker_id,
+            replay=self.replay,
+            dead_letter_reason=f"{reason}: {detail[:300]}",
+        )
+        out.outcomes["dead_lettered"] = out.outcomes.get("dead_lettered", 0) + 1
+
+    async def _apply(self, items: list[tuple[DocumentEvent, Plan]]) -> list[Applied]:
+        """Redis trouble: back off and retry the whole batch; nothing is acked meanwhile."""
+        if not items:
+            return []
+        if self.dry_run:
+            return [Applied("applied", actions=[a.as_json() for a in p.actions]) for _, p in items]
+        delay = BACKOFF_START
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                result = await self.applier.apply(items)
+                metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
+                if attempt:
+                    log.info("redis is back; batch applied", attempts=attempt + 1)
+                return result
+            except CacheBusError as exc:
+                attempt += 1
+                metrics.REDIS_RETRIES.inc()
+                log.warning(
+                    "redis unavailable; retrying batch",
+                    error=str(exc),
+                    attempt=attempt,
+                    retry_in_s=round(delay, 2),
+                    batch=len(items),
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
