@@ -4,8 +4,8 @@ Each layer is wrapped in a :class:`Subject` exposing "set batch i" / "get batch 
 pre-built inputs, so the timed region holds only the layer's own work (key hashing,
 encoding, the Redis round trips, decoding).  Per layer and dimension the steps are:
 
-1. every layer gets its own Redis database (the cachebus codecs share one key scheme),
-   after ``FLUSHALL`` writes the whole working set once;
+1. after ``FLUSHALL``, every layer writes the whole working set once, each into its own
+   Redis database (the cachebus codecs share one key scheme);
 2. sanity: read everything back and compare with the source vectors (float32 must come
    back bit-identical, lossy codecs within a cosine bound); a failure aborts the run;
 3. time ``set_many`` and ``get_many`` in rounds: one run of every layer per round, so

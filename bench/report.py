@@ -62,7 +62,7 @@ def _rate(t: Throughput) -> str:
 def results_table(results: Sequence[LayerResult]) -> str:
     lines = [
         "| dim | layer | get_many vec/s | get x JSON | set_many vec/s | set x JSON "
-        "| value B | MEMORY USAGE B | mem x JSON | min cos | spread get/set |",
+        "| value B | MEMORY USAGE B | mem x JSON | min cos | IQR get/set |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -71,7 +71,7 @@ def results_table(results: Sequence[LayerResult]) -> str:
             f"| {_rate(r.set)} | {r.ratios['set_speed']:.2f} | {r.value_bytes:,.0f} "
             f"| {r.memory_usage:,.0f} | {r.ratios['memory']:.3f} "
             f"| {r.fidelity.min_cosine:.6f} "
-            f"| {r.get.spread:.0%}/{r.set.spread:.0%} |"
+            f"| {r.get.iqr:.0%}/{r.set.iqr:.0%} |"
         )
     return "\n".join(lines)
 
@@ -157,30 +157,22 @@ NOTES = f"""\
   Each `get_many` is two round trips (ticket: sequence + namespace generation, then one
   MGET); each `set_many` is two (ticket read, then pipelined `SET … EX`).  Keys are longer
   than the baseline's (full sha256 + model/version/generation), which `MEMORY USAGE` counts.
-- Batches of {BATCH} vectors; figures are medians of several timed runs (see
-  `spread` = (max-min)/median), taken in interleaved rounds (one run of every layer per
-  round) so background load is shared out evenly; each layer has its own Redis database.
-  The working set is written once before timing and every value is read back and compared
-  before anything is timed (float32 bit-exact, lossy codecs by cosine).  With 2+ CPUs,
-  redis-server is pinned to one CPU and the client (and redis-benchmark) to another.
+- Batches of {BATCH} vectors.  Figures are medians of several timed runs (`IQR` =
+  interquartile range / median; every run is in the JSON), taken in interleaved rounds
+  (one run of every layer per round) so background load is shared out evenly; each layer
+  has its own Redis database.  The working set is written once before timing and every
+  value is read back and compared before anything is timed (float32 bit-exact, lossy
+  codecs by cosine).  Server and clients share the machine's cores (not pinned).
 - Vectors are random unit vectors: float mantissas look random to zlib, as real
   embeddings' do, so compression gains are small.
-- **Ceiling**: `redis-benchmark` (C, `-P {PIPELINE}`, one key, value size = our float32
-  entry) on the same server.  It is not like-for-like: our figure is a single Python client
-  hashing texts, building commands and decoding vectors; `redis-py MGET`/`MSET` (same
-  float32 entries, plain keys, no layer, no decoding) shows what the Python client alone
-  reaches, timed in the same rounds as the layers.  On this machine server
-  and client share the same cores.
+- **Ceiling**: `redis-benchmark` (C client, `-P {PIPELINE}`, one key, value size = our
+  float32 entry) on the same server, median of its invocations.  Not like-for-like: our
+  figure is one Python client hashing texts, building commands and decoding vectors.
+  `redis-py MGET`/`MSET` (same float32 entries, plain keys, no layer, no decoding), timed
+  in the same rounds as the layers, shows what the Python client alone reaches.
 - `MEMORY USAGE key SAMPLES 0` (key + value + allocator overhead, Redis 7) and `STRLEN`:
   medians over all keys of the working set.
 """
-
-
-def _affinity(aff: dict[str, Any]) -> str:
-    if aff.get("pinned"):
-        server, client = aff["redis_server_cpu"], aff["client_cpu"]
-        return f"redis-server pinned to CPU {server}, client to CPU {client}"
-    return "not pinned to CPUs"
 
 
 def render_markdown(report: dict[str, Any], results: Sequence[LayerResult], ceiling: str) -> str:
@@ -193,8 +185,7 @@ def render_markdown(report: dict[str, Any], results: Sequence[LayerResult], ceil
         f"{m['cpu_model']}, {m['cpus_usable']} usable of {m['cpu_count']} CPUs, {m['os']}; "
         f"{m['python']}, numpy {m['numpy']}, redis-py {m['redis_py']}, "
         f"redis-server {m['redis_server']} ({m['redis_allocator']}), "
-        f"{m['redis_benchmark']}; cachebus {m['cachebus']} @ {m['git']}; "
-        f"{_affinity(m['affinity'])}.",
+        f"{m['redis_benchmark']}; cachebus {m['cachebus']} @ {m['git']}.",
         "",
         f"Batches of {cfg['batch']} vectors, {cfg['working_set']} keys per layer, median of "
         f"{cfg['runs']} runs of ≥ {cfg['min_run_seconds']} s each.  Ratios are ours / JSON "

@@ -13,7 +13,6 @@ is broken (wrong data read back, errors while timing), in which case nothing is 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -56,15 +55,14 @@ class Config:
     ceiling_requests: int
     ceiling_repeats: int
     output: str
-    pin: bool = True
     batch: int = BATCH
 
 
 FULL = Config(
     dims=(1536, 384),
     working_set=1000,
-    runs=7,
-    min_run_seconds=0.4,
+    runs=11,
+    min_run_seconds=0.25,
     ceiling_clients=(1, 4),
     ceiling_requests=300_000,
     ceiling_repeats=3,
@@ -100,9 +98,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
     parser.add_argument("--dims", help="comma-separated dimensions (default 1536,384)")
     parser.add_argument("--runs", type=int, help="timed runs per figure (median reported)")
     parser.add_argument("--output", help="report path without suffix (.md and .json written)")
-    parser.add_argument(
-        "--no-pin", action="store_true", help="do not pin redis-server and client to CPUs"
-    )
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     changes: dict[str, Any] = {}
@@ -112,24 +107,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
         changes["runs"] = args.runs
     if args.output:
         changes["output"] = args.output
-    if args.no_pin:
-        changes["pin"] = False
     return Config(**{**asdict(cfg), **changes}), "quick" if args.quick else "full"
-
-
-def pin_cpus(server: RedisServer, enabled: bool) -> dict[str, Any]:
-    """Pin redis-server to one CPU and this process (and redis-benchmark) to another.
-
-    On a small machine this stops the scheduler from stacking client and server on one
-    core now and then, which otherwise shows up as bimodal runs.
-    """
-    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if not enabled or len(usable) < 2 or server.pid is None:
-        return {"pinned": False, "usable_cpus": usable}
-    server_cpu, client_cpu = usable[0], usable[1]
-    os.sched_setaffinity(server.pid, {server_cpu})
-    os.sched_setaffinity(0, {client_cpu})
-    return {"pinned": True, "redis_server_cpu": server_cpu, "client_cpu": client_cpu}
 
 
 def measure(
@@ -178,6 +156,14 @@ def measure(
     return results, ceilings, raw
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, mode = parse_args(argv)
     clock = Clock()
@@ -186,7 +172,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with RedisServer(use_env=False) as server:
             machine = describe(server.client())
-            machine["affinity"] = pin_cpus(server, cfg.pin)
             clock.progress(f"redis-server {machine['redis_server']} on port {server.port}")
             results, ceilings, raw = measure(cfg, server, clock)
     except BenchError as exc:
@@ -202,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine,
         "config": {
             **asdict(cfg),
+            "output": _shown(Path(cfg.output)),
             "baseline": BASELINE,
             "codecs": [cachebus.VectorCodec(d, c).name for d, c in CODECS],
             "ceiling_pipeline": PIPELINE,

@@ -32,14 +32,23 @@ class Throughput:
 
     @property
     def spread(self) -> float:
-        """(max - min) / median of the runs: how stable the figure is."""
+        """(max - min) / median of the runs."""
         return (max(self.runs) - min(self.runs)) / self.median if self.median else 0.0
+
+    @property
+    def iqr(self) -> float:
+        """Interquartile range / median: how stable the figure is, robust to a stray run."""
+        if len(self.runs) < 2 or not self.median:
+            return 0.0
+        q1, _, q3 = statistics.quantiles(self.runs, n=4)
+        return (q3 - q1) / self.median
 
     def as_dict(self) -> dict[str, object]:
         return {
             "vectors_per_s": round(self.median, 1),
             "runs_vectors_per_s": [round(r, 1) for r in self.runs],
             "spread": round(self.spread, 4),
+            "iqr": round(self.iqr, 4),
             "calls_per_run": self.calls_per_run,
             "batch": self.batch,
         }

@@ -4,7 +4,7 @@ envelope of tagged entries.
 Vector layout (little endian)::
 
     0xCB | format 1 | dtype (1 f32, 2 f16, 3 int8) | flags (1 = zlib) | dim u32
-    [int8 only: scale f32]  body (raw dtype bytes, zlib-compressed if flagged)
+    [int8 only: scale f64]  body (raw dtype bytes, zlib-compressed if flagged)
 
 A reader that finds a bad magic, an unknown dtype or an unexpected dimension
 raises :class:`CodecError`; the cache layers turn that into a miss.
@@ -26,7 +26,7 @@ from .errors import CodecError, ConfigError
 MAGIC: Final = 0xCB
 FORMAT: Final = 1
 _HEADER = struct.Struct("<BBBBI")
-_SCALE = struct.Struct("<f")
+_SCALE = struct.Struct("<d")  # float64: a float32 scale underflows for tiny vectors
 _DTYPES: Final[dict[str, tuple[int, type[np.generic]]]] = {
     "float32": (1, np.float32),
     "float16": (2, np.float16),
@@ -75,7 +75,8 @@ class VectorCodec:
         if np_type is np.int8:
             peak = float(np.max(np.abs(arr)))
             scale = peak / 127.0 if peak > 0 else 1.0
-            body = np.clip(np.rint(arr / scale), -127, 127).astype(np.int8).tobytes()
+            scaled = arr.astype(np.float64) / scale
+            body = np.clip(np.rint(scaled), -127, 127).astype(np.int8).tobytes()
             extra = _SCALE.pack(scale)
         elif np_type is np.float16:
             if float(np.max(np.abs(arr))) > 65504.0:
@@ -126,7 +127,7 @@ def decode_vector(data: bytes, expect_dim: int | None = None) -> Vector:
     if np_type is np.float32:
         return raw
     if np_type is np.int8:
-        return raw.astype(np.float32) * np.float32(scale)
+        return (raw * scale).astype(np.float32)
     return raw.astype(np.float32)
 
 

@@ -19,7 +19,7 @@ import redis.cluster
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from .commands import Call, Invoke, Program, Sleep
-from .errors import CacheUnavailableError, ConfigError, PermissionDeniedError
+from .errors import CacheBusError, CacheUnavailableError, ConfigError, PermissionDeniedError
 
 T = TypeVar("T")
 
@@ -98,7 +98,7 @@ def _raise_first_error(replies: list[Any]) -> None:
 
 
 class SyncRunner:
-    """Runs programs on a sync client; translates Redis errors."""
+    """Runs programs on a sync client; Redis errors come out as cachebus errors."""
 
     def __init__(self, client: SyncClient) -> None:
         check_client(client)
@@ -106,6 +106,13 @@ class SyncRunner:
         self.cluster = is_cluster(client)
 
     def execute(self, calls: list[Call]) -> list[Any]:
+        """Send one step's commands in one round trip (per node)."""
+        try:
+            return self._execute(calls)
+        except RedisError as exc:
+            raise translate(exc) from exc
+
+    def _execute(self, calls: list[Call]) -> list[Any]:
         if not calls:
             return []
         client = self.client
@@ -142,9 +149,9 @@ class SyncRunner:
                 else:
                     try:
                         reply = self.execute(step)
-                    except RedisError as exc:
+                    except CacheBusError:
                         program.close()
-                        raise translate(exc) from exc
+                        raise
                 step = program.send(reply)
         except StopIteration as stop:
             value: T = stop.value
@@ -152,7 +159,7 @@ class SyncRunner:
 
 
 class AsyncRunner:
-    """Runs programs on an asyncio client; translates Redis errors."""
+    """Runs programs on an asyncio client; Redis errors come out as cachebus errors."""
 
     def __init__(self, client: AsyncClient) -> None:
         check_client(client)
@@ -160,6 +167,13 @@ class AsyncRunner:
         self.cluster = is_cluster(client)
 
     async def execute(self, calls: list[Call]) -> list[Any]:
+        """Send one step's commands in one round trip (per node)."""
+        try:
+            return await self._execute(calls)
+        except RedisError as exc:
+            raise translate(exc) from exc
+
+    async def _execute(self, calls: list[Call]) -> list[Any]:
         if not calls:
             return []
         client = self.client
@@ -195,9 +209,9 @@ class AsyncRunner:
                 else:
                     try:
                         reply = await self.execute(step)
-                    except RedisError as exc:
+                    except CacheBusError:
                         program.close()
-                        raise translate(exc) from exc
+                        raise
                 step = program.send(reply)
         except StopIteration as stop:
             value: T = stop.value

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -26,7 +27,10 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
+from cachebus.settings import Settings
 from cachebus.testing import RedisClusterServers, RedisServer
+from worker.stack import LocalStack
+from worker.testing import LocalKafka
 
 _STANDALONE_FIXTURES = frozenset({"redis_server", "redis_client", "async_redis_client"})
 _CLUSTER_FIXTURES = frozenset({"redis_cluster", "cluster_client", "async_cluster_client"})
@@ -45,6 +49,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.redis)
         if names & _CLUSTER_FIXTURES:
             item.add_marker(pytest.mark.cluster)
+        if names & {"kafka_broker", "stack"}:
+            item.add_marker(pytest.mark.kafka)
+            item.add_marker(pytest.mark.redis)
 
 
 # --------------------------------------------------------------------------- servers
@@ -144,3 +151,43 @@ def any_async_redis(
     return cast(
         "redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster", request.getfixturevalue(name)
     )
+
+
+# --------------------------------------------------------------------------- kafka + stack
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[LocalKafka]:
+    """One real Apache Kafka broker (KRaft) for the session; a start failure is an error."""
+    broker = LocalKafka()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def stack(
+    redis_server: RedisServer, kafka_broker: LocalKafka, tmp_path: Path
+) -> Iterator[LocalStack]:
+    """Redis + Kafka with topics, consumer group and key prefix unique to this test.
+
+    The test server is flushed first (test servers only; library code never flushes).
+    """
+    uid = uuid.uuid4().hex[:8]
+    settings = Settings(
+        prefix=f"e{uid}",
+        events_topic=f"events-{uid}",
+        audit_topic=f"audit-{uid}",
+        dlq_topic=f"dlq-{uid}",
+        consumer_group=f"group-{uid}",
+        batch_wait_ms=10,
+    )
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    with LocalStack(
+        redis=redis_server, kafka=kafka_broker, settings=settings, log_dir=tmp_path
+    ) as local:
+        yield local

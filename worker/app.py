@@ -134,10 +134,26 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
         manual = stream.noack()
         async for events in manual.noack_take(settings.batch_max, settings.batch_wait_ms / 1000):
             records = [record_of(e) for e in events]
-            out = await proc.process(records)
-            futures = [await dlq_topic.send(key=k, value=v) for k, v in out.dead_letters]
-            futures += [await audit_topic.send(key=k, value=v) for k, v in out.audits]
-            await asyncio.gather(*futures)  # delivered to Kafka before any ack
+            try:
+                out = await proc.process(records)
+                futures = [await dlq_topic.send(key=k, value=v) for k, v in out.dead_letters]
+                futures += [await audit_topic.send(key=k, value=v) for k, v in out.audits]
+                await asyncio.gather(*futures)  # delivered to Kafka before any ack
+                await proc.commit(out)  # then the high-water marks
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                # If the agent raised, faust would restart it past this batch and its
+                # events would never be processed. Stop the process instead: nothing of
+                # this batch is acked, so a restarted worker processes it again.
+                log.critical(
+                    "unexpected error; exiting so the batch is re-delivered",
+                    error=repr(exc),
+                    first_offset=records[0].offset,
+                    partition=records[0].partition,
+                    exc_info=True,
+                )
+                os._exit(70)
             for event in events:
                 await manual.ack(event)
             _observe(app, events, records, out.outcomes, health)

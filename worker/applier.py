@@ -52,7 +52,8 @@ def _parse_hwm(raw: bytes | None) -> tuple[int, str] | None:
 
 class Applier:
     """Applies batches of planned events to Redis in a few round trips:
-    one MGET of high-water marks, two for all invalidations, one for the marks."""
+    one MGET of high-water marks, two for all invalidations, and (after the
+    audits are out) one for the marks."""
 
     def __init__(self, client: AsyncClient, settings: Settings) -> None:
         self.settings = settings
@@ -60,9 +61,20 @@ class Applier:
         self.invalidator = AsyncInvalidator(client, settings=settings)
         self._runner = self.invalidator._runner
 
+    async def commit_marks(self, events: Sequence[DocumentEvent]) -> None:
+        """Raise the high-water marks of applied events. Called after their audit
+        events are delivered, so a crash in between re-applies and re-audits
+        them as applied rather than skipping them unaudited."""
+        calls = [
+            Call.of("EVAL", HWM_SCRIPT, 1, self.keys.hwm(e.doc_id), e.doc_version, e.event_id)
+            for e in events
+        ]
+        await self._runner.execute(calls)
+
     async def apply(self, items: Sequence[tuple[DocumentEvent, Plan]]) -> list[Applied]:
-        """Apply in order. Raises CacheUnavailableError on Redis trouble; the
-        caller retries the whole batch (every step is idempotent)."""
+        """Apply in order (marks are raised later by :meth:`commit_marks`).
+        Raises CacheUnavailableError on Redis trouble; the caller retries the
+        whole batch (every step is idempotent)."""
         results: list[Applied | None] = [None] * len(items)
         docs = list(dict.fromkeys(ev.doc_id for ev, _ in items))
         marks: dict[str, tuple[int, str] | None] = {}
@@ -116,19 +128,6 @@ class Applier:
             for pattern in p.scans:
                 if pattern not in scanned:
                     scanned[pattern] = await self.invalidator.scan_delete(pattern)
-        calls = [
-            Call.of(
-                "EVAL",
-                HWM_SCRIPT,
-                1,
-                self.keys.hwm(items[i][0].doc_id),
-                items[i][0].doc_version,
-                items[i][0].event_id,
-            )
-            for i in indexes
-        ]
-        await self._runner.execute(calls)
-
         for i in indexes:
             event, p = items[i]
             removed = report.embeddings_removed.get(event.doc_id, 0) if p.document else 0

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .applier import Applied
-from .events import DocumentEvent, peek_field
+from .events import DocumentEvent, peek_fields
 
 MAX_DLQ_ORIGINAL = 256 * 1024
 
@@ -56,13 +56,19 @@ def audit_event(
     dead_letter_reason: str | None = None,
 ) -> dict[str, Any]:
     """One audit event per input event."""
-    raw_id = event.event_id if event else peek_field(record.value or b"{}", "event_id")
+    found: dict[str, str | None]
+    if event is not None:
+        found = {
+            "event_id": event.event_id,
+            "doc_id": event.doc_id,
+            "collection": event.collection,
+            "event_type": event.event_type,
+        }
+    else:
+        found = _peek_all(record.value)
     return {
         "audit_version": 1,
-        "event_id": raw_id,
-        "doc_id": event.doc_id if event else None,
-        "collection": event.collection if event else None,
-        "event_type": event.event_type if event else None,
+        **found,
         "doc_version": event.doc_version if event else None,
         "outcome": applied.outcome if applied else "dead_lettered",
         "reason": applied.reason if applied else dead_letter_reason,
@@ -75,6 +81,15 @@ def audit_event(
         "worker_id": worker_id,
         "replay": replay,
     }
+
+
+def _peek_all(value: bytes | None) -> dict[str, str | None]:
+    """What a dead-lettered record says about itself, as far as it can be read."""
+    names = ("event_id", "doc_id", "collection", "event_type")
+    if not value or len(value) > MAX_DLQ_ORIGINAL:
+        return dict.fromkeys(names)
+    found = peek_fields(value, names)
+    return {name: found.get(name) for name in names}
 
 
 def dead_letter(
@@ -95,7 +110,7 @@ def dead_letter(
         "original_size": len(value),
         "original_truncated": truncated,
         "source": record.source(),
-        "event_id": peek_field(kept, "event_id") if not truncated else None,
+        "event_id": None if truncated else peek_fields(kept, ("event_id",)).get("event_id"),
         "dead_lettered_at": now_rfc3339(),
         "worker_id": worker_id,
     }

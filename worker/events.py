@@ -32,14 +32,25 @@ class DocumentEvent:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
-def peek_field(value: bytes, name: str) -> str | None:
-    """Best-effort extraction of one string field from a bad record, for audits."""
+def peek_fields(value: bytes, names: tuple[str, ...]) -> dict[str, str]:
+    """Best-effort extraction of string fields from a bad record, for audits.
+    Only strict UTF-8 JSON objects are read, and only strings that are text."""
     try:
-        data = json.loads(value)
+        data = json.loads(value.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    found = data.get(name) if isinstance(data, dict) else None
-    return found if isinstance(found, str) else None
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out = {}
+    for name in names:
+        found = data.get(name)
+        if isinstance(found, str) and len(found) <= 1024:
+            try:
+                found.encode("utf-8")
+            except UnicodeEncodeError:
+                continue
+            out[name] = found
+    return out
 
 
 def parse_event(value: bytes | None, *, max_bytes: int) -> DocumentEvent:
@@ -63,6 +74,15 @@ def parse_event(value: bytes | None, *, max_bytes: int) -> DocumentEvent:
         raise InvalidEventError("invalid_json", str(exc)) from None
     if not isinstance(data, dict):
         raise InvalidEventError("schema_violation", "event must be a JSON object")
+    if "\\u" in text:
+        # JSON escapes can smuggle lone surrogates, which are not text: they could
+        # reach neither a key nor the UTF-8 audit trail.
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEventError(
+                "invalid_encoding", "a string contains a lone UTF-16 surrogate escape"
+            ) from None
     version = data.get("schema_version")
     if isinstance(version, int) and not isinstance(version, bool) and version > 1:
         raise InvalidEventError(
@@ -84,7 +104,7 @@ def parse_event(value: bytes | None, *, max_bytes: int) -> DocumentEvent:
         event_type=kind,  # type: ignore[arg-type]
         doc_id=data["doc_id"],
         collection=data["collection"],
-        doc_version=data["doc_version"],
+        doc_version=int(data["doc_version"]),  # JSON Schema counts 1.0 as an integer
         occurred_at=data["occurred_at"],
         tags=tuple(data.get("tags") or ()),
         chunks=None
@@ -94,3 +114,8 @@ def parse_event(value: bytes | None, *, max_bytes: int) -> DocumentEvent:
         content_hash=data.get("content_hash"),
         raw=data,
     )
+
+
+def peek_field(value: bytes, name: str) -> str | None:
+    """One field of :func:`peek_fields`."""
+    return peek_fields(value, (name,)).get(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cachebus.keys import KeyScheme, Tag
+from cachebus.keys import KeyScheme, Tag, encode_part
 from cachebus.tags import DocumentInvalidation
 from cachebus.tags import Mode as DocumentMode
 
@@ -44,7 +44,10 @@ class Plan:
 
 
 def plan(event: DocumentEvent, rules: Rules, keys: KeyScheme) -> Plan:
-    """Map one event to tag, pattern-scan and version-bump actions. Pure."""
+    """Map one event to tag, pattern-scan and version-bump actions. Pure.
+    Raises :class:`KeyEncodingError` for ids the key scheme refuses."""
+    encode_part(event.doc_id)
+    encode_part(event.collection)
     rule = rules.for_type(event.event_type)
     actions: list[Action] = []
     tags: list[Tag] = []
@@ -63,7 +66,10 @@ def plan(event: DocumentEvent, rules: Rules, keys: KeyScheme) -> Plan:
         mode = "revive"
         actions.append(Action("revive", f"doc:{event.doc_id}"))
     elif rule.embeddings != "none":
+        # Dropping embeddings raises the document's stamp too (that is what refuses
+        # late writes of the dropped chunks), which retires entries tagged with it.
         mode = "bump"
+        actions.append(Action("tag", f"doc:{event.doc_id}", {"why": "race-free drop"}))
     if mode is not None:
         drop = _drop(rule.embeddings, event)
         document = DocumentInvalidation(event.doc_id, mode, drop, _keep(drop, event))

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 
-from cachebus.errors import CacheBusError, InvalidEventError
+from cachebus.errors import (
+    CacheBusError,
+    CacheUnavailableError,
+    InvalidEventError,
+    PermissionDeniedError,
+)
 from cachebus.keys import KeyScheme
 from cachebus.settings import Settings
 
@@ -22,6 +28,7 @@ from .planner import Plan, plan
 from .rules import Rules
 
 log = structlog.get_logger("cachebus.worker")
+T = TypeVar("T")
 
 BACKOFF_START = 0.05
 BACKOFF_MAX = 5.0
@@ -34,6 +41,8 @@ class Outbound:
     audits: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
+    applied: list[DocumentEvent] = field(default_factory=list)
+    """Events whose high-water marks :meth:`Processor.commit` raises."""
 
 
 class Processor:
@@ -77,6 +86,8 @@ class Processor:
                 record, worker_id=self.worker_id, replay=self.replay, event=event, applied=result
             )
             out.outcomes[result.outcome] = out.outcomes.get(result.outcome, 0) + 1
+            if result.outcome == "applied":
+                out.applied.append(event)
             log.debug(
                 "event processed",
                 outcome=result.outcome,
@@ -118,23 +129,35 @@ class Processor:
         )
         out.outcomes["dead_lettered"] = out.outcomes.get("dead_lettered", 0) + 1
 
+    async def commit(self, out: Outbound) -> None:
+        """Raise the applied events' high-water marks: call after the audit and
+        dead-letter messages are delivered, before acknowledging the batch."""
+        if out.applied and not self.dry_run:
+            await self._retrying(lambda: self.applier.commit_marks(out.applied), len(out.applied))
+
     async def _apply(self, items: list[tuple[DocumentEvent, Plan]]) -> list[Applied]:
-        """Redis trouble: back off and retry the whole batch; nothing is acked meanwhile."""
         if not items:
             return []
         if self.dry_run:
             return [Applied("applied", actions=[a.as_json() for a in p.actions]) for _, p in items]
+        started = time.perf_counter()
+        result = await self._retrying(lambda: self.applier.apply(items), len(items))
+        metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
+        return result
+
+    async def _retrying(self, step: Callable[[], Awaitable[T]], batch: int) -> T:
+        """Redis trouble: back off and retry; nothing is acked meanwhile."""
         delay = BACKOFF_START
         attempt = 0
         while True:
-            started = time.perf_counter()
             try:
-                result = await self.applier.apply(items)
-                metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
+                result = await step()
                 if attempt:
                     log.info("redis is back; batch applied", attempts=attempt + 1)
                 return result
-            except CacheBusError as exc:
+            except (CacheUnavailableError, PermissionDeniedError) as exc:
+                # Transient (Redis down, timeouts) or a deployment error an operator
+                # fixes (ACL): either way wait, ack nothing, lose nothing.
                 attempt += 1
                 metrics.REDIS_RETRIES.inc()
                 log.warning(
@@ -142,7 +165,7 @@ class Processor:
                     error=str(exc),
                     attempt=attempt,
                     retry_in_s=round(delay, 2),
-                    batch=len(items),
+                    batch=batch,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cachebus.errors import ConfigError
+from cachebus.keys import KeyScheme
 
 EmbeddingDrop = Literal["changed", "all", "none"]
 _DEFAULTS = Path(__file__).resolve().parent / "default_rules.toml"
@@ -46,7 +47,9 @@ class Rules:
 _RULE_KEYS = set(EventRule.__slots__)
 
 
-def _event_rule(name: str, table: dict[str, Any]) -> EventRule:
+def _event_rule(name: str, table: Any) -> EventRule:
+    if not isinstance(table, dict):
+        raise ConfigError(f"rules [{name}] must be a table")
     unknown = set(table) - _RULE_KEYS
     if unknown:
         raise ConfigError(f"rules [{name}]: unknown keys {sorted(unknown)}")
@@ -74,13 +77,29 @@ def parse_rules(data: dict[str, Any]) -> Rules:
     if unknown:
         raise ConfigError(f"rules: unknown tables {sorted(unknown)}")
     scans = []
-    for i, scan in enumerate(data.get("scan", [])):
+    raw_scans = data.get("scan", [])
+    if not isinstance(raw_scans, list):
+        raise ConfigError("rules: scan rules are written as [[scan]] tables")
+    for i, scan in enumerate(raw_scans):
+        where = f"rules [[scan]] #{i + 1}"
+        if not isinstance(scan, dict):
+            raise ConfigError(f"{where}: must be a table with events and pattern")
+        unknown = set(scan) - {"events", "pattern"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
         events = scan.get("events")
         pattern = scan.get("pattern")
         if not isinstance(pattern, str) or not pattern:
-            raise ConfigError(f"rules [[scan]] #{i + 1}: pattern must be a non-empty string")
-        if not isinstance(events, list) or not set(events) <= {"created", "updated", "deleted"}:
-            raise ConfigError(f"rules [[scan]] #{i + 1}: events must list created/updated/deleted")
+            raise ConfigError(f"{where}: pattern must be a non-empty string")
+        kinds = {"created", "updated", "deleted"}
+        if (
+            not isinstance(events, list)
+            or not events
+            or not all(isinstance(e, str) and e in kinds for e in events)
+        ):
+            raise ConfigError(f"{where}: events must list some of created, updated, deleted")
+        # Fail at load, not per event: only {doc_id} and {collection} can be filled.
+        KeyScheme("x").pattern(pattern, doc_id="x", collection="x")
         scans.append(ScanRule(tuple(events), pattern))
     return Rules(
         created=_event_rule("created", data.get("created", {})),
@@ -96,7 +115,7 @@ def load_rules(path: str | Path | None = None) -> Rules:
     if path:
         try:
             override = tomllib.loads(Path(path).read_text("utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read rules file {path}: {exc}") from None
         base = _merge(base, override)
     return parse_rules(base)

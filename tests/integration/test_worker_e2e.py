@@ -1,0 +1,130 @@
+"""The worker end to end: real Kafka producer -> faust worker process -> real
+Redis, audits consumed from the audit topic (DESIGN.md guarantees 1-5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cachebus import CacheBus, ChunkVector, SearchHit
+from worker.stack import LocalStack, by_event_id, document_event
+
+V = np.ones(16, dtype=np.float32)
+
+
+def _bus(stack: LocalStack) -> CacheBus:
+    return CacheBus(stack.redis.client(), stack.settings)
+
+
+def _populate(bus: CacheBus) -> None:
+    kb, other = bus.search_results("kb"), bus.search_results("other")
+    kb.set("q-ab", [SearchHit("A", 0.9), SearchHit("B", 0.8)])
+    kb.set("q-b", [SearchHit("B", 0.9)])
+    other.set("q-a", [SearchHit("A", 0.9)])
+    other.set("q-c", [SearchHit("C", 0.9)])
+    de = bus.document_embeddings
+    de.set_many("A", [ChunkVector("c1", V, "h1"), ChunkVector("c2", V, "h2")])
+    de.set_many("B", [ChunkVector("c1", V, "hb")])
+    de.set_many("C", [ChunkVector("c1", V, "hc")])
+    rr = bus.rerank_scores("rr")
+    rr.set("q", [("A", 1), ("B", 1)], [0.1, 0.2])
+    rr.set("q", [("C", 1)], [0.3])
+    bus.query_embeddings("m").set("hello", V)
+
+
+def test_guarantees_created_updated_deleted(stack: LocalStack) -> None:
+    """created/updated/deleted retire exactly what guarantees 1-3 say; canaries stay."""
+    stack.start_worker()
+    bus = _bus(stack)
+    _populate(bus)
+    kb, other = bus.search_results("kb"), bus.search_results("other")
+    de, rr = bus.document_embeddings, bus.rerank_scores("rr")
+
+    # Guarantee 3: created D in kb retires kb's cached results, nothing else.
+    created = document_event("created", "D", 1, collection="kb")
+    stack.publish([created])
+    (audit,) = stack.read_audits(count=1)
+    assert audit["event_id"] == created["event_id"] and audit["outcome"] == "applied"
+    assert kb.get("q-ab") is None and kb.get("q-b") is None
+    assert other.get("q-a") is not None and other.get("q-c") is not None
+    assert de.get("A", "c1", "h1") is not None and de.get("B", "c1") is not None
+    assert rr.get("q", [("A", 1), ("B", 1)]) is not None
+    assert bus.query_embeddings("m").get("hello") is not None
+
+    # Guarantee 2: updated A (chunk c2 changed) retires what was computed from old A.
+    kb.set("q-b", [SearchHit("B", 0.9)])
+    lookup = other.lookup("q-a2")  # a value being computed while the event arrives
+    updated = document_event(
+        "updated", "A", 2, collection="kb",
+        chunks=[
+            {"chunk_id": "c1", "content_hash": "h1"},
+            {"chunk_id": "c2", "content_hash": "NEW"},
+        ],
+    )
+    stack.publish([updated])
+    assert stack.read_audits(count=2)[1]["event_id"] == updated["event_id"]
+    other.set("q-a2", [SearchHit("A", 0.5)], ticket=lookup.ticket)  # late write
+    assert other.get("q-a") is None and other.get("q-a2") is None
+    assert other.get("q-c") is not None
+    assert de.get("A", "c1", "h1") is not None  # unchanged chunk kept
+    assert de.get("A", "c2") is None
+    assert rr.get("q", [("A", 1), ("B", 1)]) is None
+    assert rr.get("q", [("C", 1)]) is not None
+    assert de.get("B", "c1") is not None and kb.get("q-b") is None  # kb bumped again
+
+    # Guarantee 1: deleted B retires all of B, including late writes.
+    kb.set("q-b", [SearchHit("B", 0.9)])
+    kb.set("q-x", [SearchHit("X", 0.9)])
+    lookup = kb.lookup("q-b2")
+    chunk_lookup = de.lookup_chunks([])
+    deleted = document_event("deleted", "B", 2, collection="kb")
+    stack.publish([deleted])
+    assert stack.read_audits(count=3)[2]["event_id"] == deleted["event_id"]
+    kb.set("q-b2", [SearchHit("B", 0.1)], ticket=lookup.ticket)
+    assert de.set("B", "c1", V, "hb", ticket=chunk_lookup.ticket) == 0
+    assert kb.get("q-b") is None and kb.get("q-b2") is None
+    assert de.get("B", "c1") is None
+    assert kb.get("q-x") is not None  # deletion is not a collection bump
+    assert de.get("A", "c1", "h1") is not None and de.get("C", "c1", "hc") is not None
+    assert other.get("q-c") is not None and rr.get("q", [("C", 1)]) is not None
+    assert bus.query_embeddings("m").get("hello") is not None
+
+
+def test_audits_match_one_to_one_and_skip_stale_and_duplicates(stack: LocalStack) -> None:
+    """One audit per input event; older versions and re-deliveries are skipped."""
+    stack.start_worker()
+    v1 = document_event("created", "doc", 1)
+    v3 = document_event("updated", "doc", 3)
+    v2 = document_event("updated", "doc", 2)  # arrives after v3: stale
+    others = [document_event("created", f"o{i}", 1) for i in range(20)]
+    stack.publish([v1, v3, v2, v3, *others])  # v3 twice: a re-delivery
+    audits = stack.read_audits(count=24)
+    grouped = by_event_id(audits)
+    assert len(grouped) == 23
+    assert [a["outcome"] for a in grouped[v3["event_id"]]] == ["applied", "skipped_duplicate"]
+    assert grouped[v2["event_id"]][0]["outcome"] == "skipped_stale"
+    assert grouped[v1["event_id"]][0]["outcome"] == "applied"
+    assert all(grouped[o["event_id"]][0]["outcome"] == "applied" for o in others)
+    hwm = stack.redis.client().get(_bus(stack).invalidator.core.keys.hwm("doc"))
+    assert hwm is not None and hwm.startswith(b"3:")
+    for audit in audits:
+        assert audit["worker_id"] == "w1" and audit["replay"] is False
+        assert audit["source"]["topic"] == stack.settings.events_topic
+
+
+@pytest.mark.parametrize("doc_id", ["*", "a*", "[ab]", "x\\", "{t}", "a:b"])
+def test_hostile_ids_touch_only_their_keys(stack: LocalStack, doc_id: str) -> None:
+    """A delete of a glob-character id retires only that document (canaries intact)."""
+    stack.start_worker()
+    bus = _bus(stack)
+    canaries = ["a", "ab", "b", "x", "t", "canary"]
+    for doc in [*canaries, doc_id]:
+        bus.document_embeddings.set(doc, "c", V, "h")
+        bus.search_results("other").set(f"q-{doc}", [SearchHit(doc, 1.0)])
+    stack.publish([document_event("deleted", doc_id, 1)])
+    stack.read_audits(count=1)
+    assert bus.document_embeddings.get(doc_id, "c") is None
+    assert bus.search_results("other").get(f"q-{doc_id}") is None
+    for doc in canaries:
+        assert bus.document_embeddings.get(doc, "c") is not None, doc
+        assert bus.search_results("other").get(f"q-{doc}") is not None, doc
