@@ -77,11 +77,11 @@ def test_redis_down_mid_stream(redis_server: RedisServer, kafka_broker: LocalKaf
             worker = stack.start_worker(batch_max=20)
             stack.publish(events[:300])
             stack.read_audits(count=100)
-            durable.stop()
+            durable.kill()  # Redis is gone (its append-only file stays)
             stack.publish(events[300:])
             time.sleep(4)
             assert worker.alive
-            durable.start()  # same port, data from the append-only file
+            durable.start()  # back on the same port, data from the append-only file
             _assert_all_applied(stack, events, docs, versions)
             log = worker.log_path.read_text()
             assert "redis unavailable; retrying batch" in log
