@@ -56,6 +56,8 @@ class Settings:
     dlq_topic: str = "documents.events.dlq"
     topic_partitions: int = 6
     consumer_group: str = "cachebus-worker"
+    kafka_session_timeout: float = 10.0
+    """Seconds before the group gives a silent (crashed) worker's partitions to others."""
     rules_file: str = ""
     """TOML file with invalidation rules; empty means the shipped defaults."""
     max_event_bytes: int = 1_000_000

@@ -85,6 +85,8 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
         store="memory://",
         datadir=str(datadir),
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.kafka_session_timeout,
+        broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout / 4),
     )
 
     def raw_topic(name: str) -> faust.TopicT:

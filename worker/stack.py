@@ -262,6 +262,31 @@ class LocalStack:
             )
         return out
 
+    def count_records(self, topic: str) -> int:
+        """How many records ``topic`` holds (sum of its partitions' end offsets)."""
+        return asyncio.run(self.acount_records(topic))
+
+    async def acount_records(self, topic: str) -> int:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from .kafka import client_config
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=None,
+            **client_config(self.settings),
+        )
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(topic) or set()
+            if not partitions:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic) or set()
+            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+            return sum(ends.values())
+        finally:
+            await consumer.stop()
+
     def read_audits(
         self,
         *,

@@ -44,15 +44,17 @@ def _assert_all_applied(stack: LocalStack, events: list[dict], docs: int, versio
 
 
 def test_worker_sigkill_mid_stream(stack: LocalStack) -> None:
-    """SIGKILL the worker while it works through 3000 events, start it again:
+    """SIGKILL the worker while it works through 6000 events, start it again:
     every event is applied and audited, none lost."""
-    docs, versions = 300, 10
+    docs, versions = 600, 10
     events = _stream(docs, versions)
-    worker = stack.start_worker(batch_max=50)
+    worker = stack.start_worker(batch_max=10)
     stack.publish(events)
-    stack.read_audits(count=300, timeout=60)  # it is mid-stream now
+    stack.read_audits(count=300, timeout=60)
     worker.kill()
-    stack.start_worker("w2", batch_max=50)
+    audited = stack.count_records(stack.settings.audit_topic)
+    assert 300 <= audited < len(events), f"not killed mid-stream: {audited} audited"
+    stack.start_worker("w2", batch_max=100)
     _assert_all_applied(stack, events, docs, versions)
 
 
@@ -79,7 +81,11 @@ def test_redis_down_mid_stream(redis_server: RedisServer, kafka_broker: LocalKaf
             stack.read_audits(count=100)
             durable.kill()  # Redis is gone (its append-only file stays)
             stack.publish(events[300:])
-            time.sleep(4)
+            time.sleep(1)
+            frozen = stack.count_records(stack.settings.audit_topic)
+            time.sleep(3)
+            # Nothing is processed, so nothing is audited or acked, while Redis is away.
+            assert stack.count_records(stack.settings.audit_topic) == frozen < len(events)
             assert worker.alive
             durable.start()  # back on the same port, data from the append-only file
             _assert_all_applied(stack, events, docs, versions)
