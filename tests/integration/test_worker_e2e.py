@@ -128,3 +128,64 @@ def test_hostile_ids_touch_only_their_keys(stack: LocalStack, doc_id: str) -> No
     for doc in canaries:
         assert bus.document_embeddings.get(doc, "c") is not None, doc
         assert bus.search_results("other").get(f"q-{doc}") is not None, doc
+
+
+def test_scan_rule_health_metrics_and_cli(stack: LocalStack, tmp_path) -> None:
+    """A pattern-scan rule removes a document's legacy keys (escaped, canaries
+    intact); /health and /metrics answer; `cachebus publish` refuses invalid
+    lines and `cachebus audit tail` prints the trail."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from worker.stack import settings_env
+
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[scan]]\nevents = ["deleted"]\npattern = "legacy:docembed:{doc_id}:*"\n')
+    worker = stack.start_worker(rules_file=str(rules))
+    client = stack.redis.client()
+    prefix = stack.settings.prefix
+    for doc in ["a*", "ab", "a"]:
+        for chunk in range(30):
+            client.set(f"{prefix}:legacy:docembed:{doc}:{chunk}", b"x")
+
+    lines = [
+        json.dumps(document_event("deleted", "a*", 1)),
+        '{"event_type": "deleted"}',
+        json.dumps(document_event("created", "fresh", 1)),
+    ]
+    env = {**os.environ, **settings_env(stack.settings)}
+    published = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "publish"], input="\n".join(lines), text=True,
+        capture_output=True, env=env, timeout=60,
+    )
+    assert published.returncode == 1  # one line refused
+    assert "line 2: refused (schema_violation)" in published.stderr
+    assert "published 2 events" in published.stdout
+
+    audits = stack.read_audits(count=2)
+    deleted = next(a for a in audits if a["doc_id"] == "a*")
+    scan = next(a for a in deleted["actions"] if a["kind"] == "scan")
+    assert scan["target"] == f"{prefix}:legacy:docembed:a\\*:*"
+    assert scan["detail"]["keys_removed"] == 30 and deleted["keys_removed"] >= 30
+    assert client.get(f"{prefix}:legacy:docembed:a*:0") is None
+    assert client.get(f"{prefix}:legacy:docembed:ab:0") == b"x"
+    assert client.get(f"{prefix}:legacy:docembed:a:0") == b"x"
+
+    tail = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "audit", "tail", "--from-beginning", "-n", "2"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert tail.returncode == 0 and len(tail.stdout.splitlines()) == 2
+    assert "applied" in tail.stdout and "deleted a*" in tail.stdout
+
+    port = worker.settings.web_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as resp:
+        health = json.loads(resp.read())
+    assert health["status"] == "ok" and health["events_processed"] >= 2
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    assert 'cachebus_events_total{outcome="applied"}' in text
+    assert "cachebus_apply_seconds_count" in text and "cachebus_consumer_lag" in text
