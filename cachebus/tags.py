@@ -75,6 +75,22 @@ end
 return {new, removed}
 """
 
+# INCR that never goes below the server clock in microseconds. Sequence numbers
+# and generations thus only move forward even if Redis loses its data (restart
+# without persistence, failover): tickets and keys from before the loss can never
+# be mistaken for newer ones after it. KEYS[1] the counter.
+FLOORED_INCR_SCRIPT: Final = """
+local t = redis.call('TIME')
+local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local v = redis.call('INCR', KEYS[1])
+if v < floor then
+  local s = string.format('%.0f', floor)
+  redis.call('SET', KEYS[1], s)
+  return s
+end
+return v
+"""
+
 Mode = Literal["bump", "tomb", "revive"]
 
 
@@ -162,6 +178,10 @@ class InvalidationReport:
         return self.keys_removed + sum(self.embeddings_removed.values())
 
 
+def floored_incr(key: str) -> Call:
+    return Call.of("EVAL", FLOORED_INCR_SCRIPT, 1, key)
+
+
 def invalidate(
     scheme: KeyScheme,
     *,
@@ -179,10 +199,10 @@ def invalidate(
     doc_list = list(documents)
     namespaces = list(dict.fromkeys(bump))
     report = InvalidationReport()
-    first = [Call.of("INCR", scheme.generation(ns)) for ns in namespaces]
+    first = [floored_incr(scheme.generation(ns)) for ns in namespaces]
     need_seq = bool(tag_list or doc_list)
     if need_seq:
-        first.insert(0, Call.of("INCR", scheme.seq()))
+        first.insert(0, floored_incr(scheme.seq()))
     if not first:
         return report
     replies = yield first

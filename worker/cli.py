@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -155,6 +156,11 @@ async def audit_tail(
 # -- main --------------------------------------------------------------------
 
 
+# Each module has ``register(subparsers, add_common)`` which adds its subcommand
+# and sets ``run(settings, args) -> exit code`` as the parser default.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cachebus", description="Event-driven cache invalidation for embedding caches."
@@ -183,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-n", type=int, default=None, help="stop after N events")
     t.add_argument("-f", "--follow", action="store_true", help="keep waiting for new events")
     t.add_argument("--json", action="store_true", help="raw JSON lines")
+
+    # Commands that live in their own modules register themselves here.
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub, _add_common)
     return parser
 
 
@@ -216,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
             return 0
+        if hasattr(args, "run"):
+            code: int = args.run(settings, args)
+            return code
     except CacheBusError as exc:
         print(f"cachebus: {exc}", file=sys.stderr)
         return 2
