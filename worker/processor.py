@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -43,6 +43,8 @@ class Outbound:
     outcomes: dict[str, int] = field(default_factory=dict)
     applied: list[DocumentEvent] = field(default_factory=list)
     """Events whose high-water marks :meth:`Processor.commit` raises."""
+    audit_docs: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
+    """The audit events before encoding (for reports)."""
 
 
 class Processor:
@@ -50,7 +52,7 @@ class Processor:
 
     def __init__(
         self,
-        applier: Applier,
+        applier: Applier | None,
         settings: Settings,
         rules: Rules,
         *,
@@ -69,7 +71,7 @@ class Processor:
     async def process(self, records: Sequence[SourceRecord]) -> Outbound:
         out = Outbound()
         good: list[tuple[int, DocumentEvent, Plan]] = []
-        audits: list[dict[str, object] | None] = [None] * len(records)
+        audits: list[dict[str, Any] | None] = [None] * len(records)
         for i, record in enumerate(records):
             try:
                 event = parse_event(record.value, max_bytes=self.settings.max_event_bytes)
@@ -100,12 +102,13 @@ class Processor:
             if audit is not None:
                 key = records[i].key
                 out.audits.append((key, to_bytes(audit)))
+                out.audit_docs.append((key, audit))
         return out
 
     def _dead_letter(
         self,
         out: Outbound,
-        audits: list[dict[str, object] | None],
+        audits: list[dict[str, Any] | None],
         i: int,
         record: SourceRecord,
         reason: str,
@@ -132,16 +135,18 @@ class Processor:
     async def commit(self, out: Outbound) -> None:
         """Raise the applied events' high-water marks: call after the audit and
         dead-letter messages are delivered, before acknowledging the batch."""
-        if out.applied and not self.dry_run:
-            await self._retrying(lambda: self.applier.commit_marks(out.applied), len(out.applied))
+        applier = self.applier
+        if out.applied and applier is not None and not self.dry_run:
+            await self._retrying(lambda: applier.commit_marks(out.applied), len(out.applied))
 
     async def _apply(self, items: list[tuple[DocumentEvent, Plan]]) -> list[Applied]:
         if not items:
             return []
-        if self.dry_run:
+        applier = self.applier
+        if self.dry_run or applier is None:
             return [Applied("applied", actions=[a.as_json() for a in p.actions]) for _, p in items]
         started = time.perf_counter()
-        result = await self._retrying(lambda: self.applier.apply(items), len(items))
+        result = await self._retrying(lambda: applier.apply(items), len(items))
         metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
         return result
 

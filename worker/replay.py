@@ -1,0 +1,295 @@
+"""``cachebus replay``: re-consume the events topic through the same planner,
+applier and audit as the live worker, to rebuild Redis's control state (after
+Redis lost its data, for a new region, or after a rule change).
+
+It never seeks inside a running faust app: it is its own plain consumer. With
+``--group G`` it consumes as group G from the chosen start and commits its
+progress there, and refuses while G has live members (a running worker);
+without it, it uses no consumer group at all (nothing to reset, nothing shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TextIO
+
+from cachebus.connection import connect_async
+from cachebus.errors import CacheBusError, ConfigError
+from cachebus.settings import Settings
+
+from .applier import Applier
+from .audit import SourceRecord
+from .kafka import client_config
+from .processor import Processor
+from .rules import load_rules
+
+
+class ReplayRefused(CacheBusError):
+    """The consumer group has live members: replaying into it would race them."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    from_time: datetime | None = None
+    """Start at the first offset whose timestamp is at or after this (offsets_for_times)."""
+    from_offset: int | None = None
+    to_offset: int | None = None
+    """Stop before this offset (exclusive), per partition; default: the end at start time."""
+    partitions: tuple[int, ...] = ()
+    group: str | None = None
+    dry_run: bool = False
+    audit: bool = True
+    batch: int = 500
+    progress: bool = True
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    events: int = 0
+    seconds: float = 0.0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    actions: Counter[str] = field(default_factory=Counter)
+    start: dict[int, int] = field(default_factory=dict)
+    end: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    def summary(self, dry_run: bool) -> str:
+        verb = "would apply" if dry_run else "replayed"
+        lines = [
+            f"{verb} {self.events} events in {self.seconds:.2f} s ({self.rate:,.0f} events/s)",
+            "outcomes: " + (", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())) or "-"),
+            "actions:  " + (", ".join(f"{k} {v}" for k, v in sorted(self.actions.items())) or "-"),
+        ]
+        return "\n".join(lines)
+
+
+async def live_members(settings: Settings, group: str) -> int:
+    """How many members the consumer group has right now (0 if it does not exist)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, **client_config(settings)
+    )
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    members = 0
+    for response in responses:
+        for described in response.groups:
+            # (error_code, group_id, state, protocol_type, protocol, members, ...)
+            if described[1] == group and described[2] not in ("Dead", "Empty"):
+                members += len(described[5])
+    return members
+
+
+def _progress_bar(total: int, enabled: bool, out: TextIO) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="ev",
+        unit_scale=True,
+        desc="replay",
+        file=out,
+        disable=not enabled,
+        mininterval=0.5,
+        smoothing=0.1,
+    )
+
+
+async def replay(
+    settings: Settings,
+    options: ReplayOptions,
+    *,
+    out: TextIO = sys.stderr,
+    on_batch: Callable[[int], None] | None = None,
+) -> ReplayReport:
+    """Replay ``settings.events_topic`` according to ``options``."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    if options.group:
+        members = await live_members(settings, options.group)
+        if members:
+            raise ReplayRefused(
+                f"consumer group {options.group!r} has {members} live member(s): stop its "
+                "workers first, or replay without --group (no shared group is touched)"
+            )
+    kafka = client_config(settings)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=options.group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=options.batch,
+        **kafka,
+    )
+    await consumer.start()
+    producer = None
+    client = None
+    report = ReplayReport()
+    try:
+        partitions = consumer.partitions_for_topic(settings.events_topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(settings.events_topic)
+        if not partitions:
+            raise ConfigError(f"topic {settings.events_topic!r} does not exist")
+        chosen = sorted(p for p in partitions if not options.partitions or p in options.partitions)
+        tps = [TopicPartition(settings.events_topic, p) for p in chosen]
+        consumer.assign(tps)
+        begins = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        start = {tp: begins[tp] for tp in tps}
+        if options.from_offset is not None:
+            start = {tp: max(begins[tp], options.from_offset) for tp in tps}
+        if options.from_time is not None:
+            stamp = int(options.from_time.timestamp() * 1000)
+            found = await consumer.offsets_for_times({tp: stamp for tp in tps})
+            start = {tp: (found[tp].offset if found[tp] is not None else ends[tp]) for tp in tps}
+        stop = dict(ends)
+        if options.to_offset is not None:
+            stop = {tp: min(ends[tp], options.to_offset) for tp in tps}
+        report.start = {tp.partition: start[tp] for tp in tps}
+        report.end = {tp.partition: stop[tp] for tp in tps}
+        for tp in tps:
+            consumer.seek(tp, start[tp])
+        remaining = {tp for tp in tps if start[tp] < stop[tp]}
+        total = sum(max(0, stop[tp] - start[tp]) for tp in tps)
+
+        if not options.dry_run:
+            client = await connect_async(settings)
+            if options.audit:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5, **kafka
+                )
+                await producer.start()
+        processor = Processor(
+            Applier(client, settings) if client is not None else None,
+            settings,
+            load_rules(settings.rules_file or None),
+            worker_id=f"replay-{uuid.uuid4().hex[:8]}",
+            replay=True,
+            dry_run=options.dry_run,
+        )
+        started = time.perf_counter()
+        bar = _progress_bar(total, options.progress, out)
+        try:
+            while remaining:
+                batch = await consumer.getmany(
+                    *remaining, timeout_ms=1000, max_records=options.batch
+                )
+                records: list[SourceRecord] = []
+                for tp, messages in batch.items():
+                    for m in messages:
+                        if m.offset < stop[tp]:
+                            records.append(
+                                SourceRecord(
+                                    m.topic, m.partition, m.offset, m.timestamp, m.key, m.value
+                                )
+                            )
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= stop[tp]:
+                        remaining.discard(tp)
+                if not records:
+                    continue
+                outcome = await processor.process(records)
+                if producer is not None:
+                    futures = [
+                        await producer.send(settings.audit_topic, v, key=k)
+                        for k, v in outcome.audits
+                    ]
+                    await asyncio.gather(*futures)
+                await processor.commit(outcome)
+                if options.group:
+                    await consumer.commit()
+                report.events += len(records)
+                report.outcomes.update(outcome.outcomes)
+                for _, audit in outcome.audit_docs:
+                    report.actions.update(a["kind"] for a in audit["actions"])
+                bar.update(len(records))
+                if on_batch is not None:
+                    on_batch(report.events)
+        finally:
+            bar.close()
+        report.seconds = time.perf_counter() - started
+        if options.group:
+            # Leave the group's committed offsets at the replay's end.
+            await consumer.commit({tp: stop[tp] for tp in tps})
+    finally:
+        await consumer.stop()
+        if producer is not None:
+            await producer.stop()
+        if client is not None:
+            await client.aclose()
+    return report
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--from-time {text!r} is not an ISO 8601 / RFC 3339 time") from None
+    if value.tzinfo is None:
+        raise ConfigError("--from-time needs a UTC offset, e.g. 2026-11-26T08:00:00Z")
+    return value
+
+
+def register(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser("replay", help="re-consume the events topic to rebuild control state")
+    add_common(p)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--from-beginning", action="store_true", help="(the default)")
+    where.add_argument("--from-time", help="RFC 3339 time; events at or after it")
+    where.add_argument("--from-offset", type=int, help="first offset, in every partition")
+    p.add_argument("--to-offset", type=int, help="stop before this offset (exclusive)")
+    p.add_argument(
+        "--partition",
+        type=int,
+        action="append",
+        default=[],
+        help="only these partitions (repeatable)",
+    )
+    p.add_argument(
+        "--group",
+        help="consume as this consumer group (refused if it has live members); default: no group",
+    )
+    p.add_argument("--rules", dest="rules_file", help="TOML rules file")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be applied; do not touch Redis or Kafka topics",
+    )
+    p.add_argument("--no-audit", action="store_true", help="do not write audit events")
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run)
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    options = ReplayOptions(
+        from_time=_parse_time(args.from_time) if args.from_time else None,
+        from_offset=args.from_offset,
+        to_offset=args.to_offset,
+        partitions=tuple(args.partition),
+        group=args.group,
+        dry_run=args.dry_run,
+        audit=not args.no_audit,
+        batch=args.batch,
+        progress=not args.quiet,
+    )
+    report = asyncio.run(replay(settings, options))
+    print(report.summary(options.dry_run))
+    return 0
