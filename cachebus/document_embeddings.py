@@ -95,9 +95,7 @@ class DocumentEmbeddingCore(LayerCore):
         for doc, raws in zip(docs, per_doc, strict=True):
             for i, raw in zip(by_doc[doc], raws, strict=True):
                 values[i] = self.decode(raw, refs[i].content_hash)
-        hits = sum(v is not None for v in values)
-        self.metrics.hits += hits
-        self.metrics.misses += len(values) - hits
+        self.count(values)
         return Lookup(values, Ticket(as_int(seq_reply)))
 
     def store(

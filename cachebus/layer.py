@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .commands import Program
 from .errors import CacheBusError
@@ -25,6 +25,12 @@ class LayerCore:
         self.settings = settings
         self.keys = KeyScheme(settings.prefix)
         self.metrics = LayerMetrics()
+
+    def count(self, values: list[Any]) -> None:
+        """Record the hits and misses of one lookup."""
+        hits = sum(v is not None for v in values)
+        self.metrics.hits += hits
+        self.metrics.misses += len(values) - hits
 
 
 C = TypeVar("C", bound=LayerCore)

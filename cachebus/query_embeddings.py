@@ -14,7 +14,7 @@ from .layer import AsyncShell, LayerCore, SyncShell
 from .lookup import Lookup, read_through
 from .runner import AsyncClient, SyncClient
 from .settings import Settings
-from .tags import Ticket, take_ticket, ticket_calls, ticket_from
+from .tags import Ticket, as_int
 
 Pairs = Mapping[str, npt.ArrayLike] | Sequence[tuple[str, npt.ArrayLike]]
 
@@ -39,10 +39,11 @@ class QueryEmbeddingCore(LayerCore):
         self.codec = codec or VectorCodec.parse(settings.codec)
         self.dim = dim
         self.namespace = self.keys.query_namespace(model, model_version)
+        self._generation = 0
+        """The generation seen last; a lookup confirms it in the same round trip."""
 
     def entry_keys(self, texts: Sequence[str], ticket: Ticket) -> list[str]:
-        gen = ticket.generations.get(self.namespace, 0)
-        return [self.keys.query_embedding(self.model, self.model_version, gen, t) for t in texts]
+        return self._keys(texts, ticket.generations.get(self.namespace, 0))
 
     def decode(self, raw: bytes | None) -> Vector | None:
         if raw is None:
@@ -53,18 +54,29 @@ class QueryEmbeddingCore(LayerCore):
             return None  # foreign or mismatched value: a miss, never a crash
 
     def lookup(self, texts: Sequence[str], count: bool = True) -> Program[Lookup[Vector]]:
-        """Two round trips: the generation (and sequence), then one MGET."""
-        namespaces = [self.namespace]
-        ticket = ticket_from((yield ticket_calls(self.keys, namespaces)), namespaces)
-        if not texts:
-            return Lookup([], ticket)
-        (raw,) = yield [Call("MGET", tuple(self.entry_keys(texts, ticket)))]
-        values = [self.decode(r) for r in raw]
+        """One round trip in the common case: the namespace generation and the
+        entries under the generation seen last are read in one MGET. Only when a
+        bump changed the generation is a second MGET needed."""
+        gen_key = self.keys.generation(self.namespace)
+        guess = self._generation
+        (raw,) = yield [Call("MGET", (gen_key, *self._keys(texts, guess)))]
+        generation = as_int(raw[0])
+        replies = raw[1:]
+        if generation != guess:
+            self._generation = generation
+            replies = []
+            if texts:
+                (replies,) = yield [Call("MGET", tuple(self._keys(texts, generation)))]
+        values = [self.decode(r) for r in replies]
         if count:
-            hits = sum(v is not None for v in values)
-            self.metrics.hits += hits
-            self.metrics.misses += len(values) - hits
-        return Lookup(values, ticket)
+            self.count(values)
+        # Query embeddings carry no tags: their ticket is the generation alone.
+        return Lookup(values, Ticket(0, {self.namespace: generation}))
+
+    def _keys(self, texts: Sequence[str], generation: int) -> list[str]:
+        return [
+            self.keys.query_embedding(self.model, self.model_version, generation, t) for t in texts
+        ]
 
     def store(
         self,
@@ -75,7 +87,8 @@ class QueryEmbeddingCore(LayerCore):
     ) -> Program[int]:
         """SET ... EX in one round trip; under the ticket's generation."""
         if ticket is None:
-            ticket = yield from take_ticket(self.keys, [self.namespace])
+            (gen,) = yield [Call.of("GET", self.keys.generation(self.namespace))]
+            ticket = Ticket(0, {self.namespace: as_int(gen)})
         if ticket.age() > self.settings.max_ticket_age:
             self.metrics.writes_refused += len(texts)
             return 0

@@ -81,6 +81,8 @@ class SearchResultsCore(TaggedCore[Results]):
         self.namespace = self.keys.search_namespace(collection)
         self.default_ttl = settings.search_results_ttl
         self.collection_tag = Tag.collection(collection)
+        self._generation = 0
+        """The generation seen last; a lookup confirms it in the same round trip."""
 
     def encode_value(self, value: Results) -> bytes:
         return json.dumps([asdict(h) for h in value], separators=(",", ":")).encode()
@@ -98,10 +100,19 @@ class SearchResultsCore(TaggedCore[Results]):
     def lookup(
         self, requests: Sequence[SearchRequest], count: bool = True
     ) -> Program[Lookup[Results]]:
-        """Three round trips: generation and sequence, entries, tag stamps."""
-        namespaces = [self.namespace]
-        ticket = ticket_from((yield ticket_calls(self.keys, namespaces)), namespaces)
-        values, _ = yield from self.read_entries(self.entry_keys(requests, ticket), count)
+        """Two round trips in the common case: the sequence, the generation and the
+        entries under the generation seen last in one step, then the tag stamps.
+        A generation changed by a bump costs one more round trip."""
+        guess = Ticket(0, {self.namespace: self._generation})
+        values, replies = yield from self.read_entries(
+            self.entry_keys(requests, guess), False, ticket_calls(self.keys, [self.namespace])
+        )
+        ticket = ticket_from(replies, [self.namespace])
+        if ticket.generations[self.namespace] != self._generation:
+            self._generation = ticket.generations[self.namespace]
+            values, _ = yield from self.read_entries(self.entry_keys(requests, ticket), False)
+        if count:
+            self.count(values)
         return Lookup(values, ticket)
 
     def store(

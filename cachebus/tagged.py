@@ -62,9 +62,7 @@ class TaggedCore(LayerCore, Generic[V]):
                     value = None
             values.append(value)
         if count:
-            hits = sum(v is not None for v in values)
-            self.metrics.hits += hits
-            self.metrics.misses += len(values) - hits
+            self.count(values)
         return values, extra
 
     def check_ttl(self, ttl: int | None) -> int:

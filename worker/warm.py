@@ -1,0 +1,155 @@
+"""``cachebus warm``: pre-embed popular queries (from the query log) or
+documents (from a JSONL file) off-peak. See :mod:`cachebus.warming`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
+
+from cachebus.connection import connect
+from cachebus.document_embeddings import DocumentEmbeddingCache
+from cachebus.embedders import Embedder
+from cachebus.errors import ConfigError
+from cachebus.query_embeddings import QueryEmbeddingCache
+from cachebus.querylog import QueryLog
+from cachebus.settings import Settings
+from cachebus.warming import WarmReport, warm_documents, warm_queries
+
+DEFAULT_EMBEDDER = "cachebus.embedders:HashingEmbedder"
+
+
+def load_embedder(
+    spec: str, *, model: str | None = None, model_version: str | None = None
+) -> Embedder:
+    """``module:attr`` -> an embedder. A class or factory is called (with
+    ``model``/``model_version`` keywords when given); an instance is used as is.
+    The result must report the requested model and version."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--embedder {spec!r}: expected 'module:attr'")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--embedder {spec!r}: {exc}") from None
+    if inspect.isclass(target) or (callable(target) and not hasattr(target, "embed")):
+        kwargs = {k: v for k, v in (("model", model), ("model_version", model_version)) if v}
+        try:
+            target = target(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"--embedder {spec!r} could not be built: {exc}") from None
+    embedder = target
+    if not callable(getattr(embedder, "embed", None)):
+        raise ConfigError(f"--embedder {spec!r} has no embed(texts) method")
+    for name, wanted in (("model", model), ("model_version", model_version)):
+        actual = getattr(embedder, name, None)
+        if not isinstance(actual, str):
+            raise ConfigError(f"--embedder {spec!r} has no {name} string")
+        if wanted and actual != wanted:
+            raise ConfigError(f"--embedder {spec!r} reports {name} {actual!r}, not {wanted!r}")
+    result: Embedder = embedder
+    return result
+
+
+def read_documents(stream: TextIO) -> Iterator[dict[str, Any]]:
+    """Documents from JSONL, lazily; a bad line raises ``ValueError`` naming it."""
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"line {number}: not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"line {number}: expected a JSON object")
+        yield doc
+
+
+def _progress(out: TextIO) -> Callable[[WarmReport], None]:
+    def show(report: WarmReport) -> None:
+        print(
+            f"batch {report.batches}: {report.considered} considered, "
+            f"warmed {report.warmed}, already cached {report.already_cached}, "
+            f"{report.seconds:.1f} s",
+            file=out,
+            flush=True,
+        )
+
+    return show
+
+
+def summary(report: WarmReport) -> str:
+    """The final report line."""
+    line = (
+        f"warmed {report.warmed}, already cached {report.already_cached}, "
+        f"provider calls {report.provider_calls}, {report.seconds:.1f} s, "
+        f"{report.rate:.1f}/s"
+    )
+    if report.refused:
+        line += f", refused {report.refused} (invalidated while embedding)"
+    return line
+
+
+def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``cachebus warm``."""
+    p = subparsers.add_parser("warm", help="pre-embed popular queries or documents")
+    add_common(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--top", type=int, metavar="N", help="the N most frequent logged queries")
+    what.add_argument("--documents", metavar="FILE.jsonl", help="documents ('-' for stdin)")
+    p.add_argument("--days", type=int, default=7, help="query log window in days (default 7)")
+    p.add_argument("--batch", type=int, default=64, help="texts per embedder call (default 64)")
+    p.add_argument("--rate", type=float, default=None, help="max texts embedded per second")
+    p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="module:attr (class or factory)")
+    p.add_argument("--model", default=None, help="model name (passed to the embedder factory)")
+    p.add_argument("--model-version", default=None, help="model version (likewise)")
+    p.set_defaults(run=run)
+
+
+def run(settings: Settings, args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Warm, print a progress line per batch on stderr and the report on ``out``."""
+    out = out or sys.stdout
+    if args.batch <= 0 or (args.rate is not None and args.rate <= 0):
+        print("cachebus warm: --batch and --rate must be positive", file=sys.stderr)
+        return 2
+    embedder = load_embedder(args.embedder, model=args.model, model_version=args.model_version)
+    client = connect(settings)
+    try:
+        if args.top is not None:
+            cache = QueryEmbeddingCache(
+                client, embedder.model, embedder.model_version, settings=settings
+            )
+            report = warm_queries(
+                cache,
+                embedder,
+                QueryLog(client, settings),
+                args.top,
+                batch_size=args.batch,
+                rate_per_s=args.rate,
+                days=args.days,
+                progress=_progress(sys.stderr),
+            )
+        else:
+            stream = sys.stdin if args.documents == "-" else open(args.documents, encoding="utf-8")  # noqa: SIM115
+            with stream:
+                report = warm_documents(
+                    DocumentEmbeddingCache(client, settings=settings),
+                    embedder,
+                    read_documents(stream),
+                    batch_size=args.batch,
+                    rate_per_s=args.rate,
+                    progress=_progress(sys.stderr),
+                )
+    except (ValueError, OSError) as exc:
+        print(f"cachebus warm: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(summary(report), file=out)
+    return 0
