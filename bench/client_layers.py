@@ -14,6 +14,10 @@ encoding, the Redis round trips, decoding).  Per layer and dimension the steps a
    is in each database;
 5. ``MEMORY USAGE`` (``SAMPLES 0``) and ``STRLEN`` of every key: the medians are reported.
 
+The peer library, RedisVL's ``EmbeddingsCache`` (``mset`` / ``mget``, its batch API), runs
+twice: with a TTL (like every cachebus and lesson entry; RedisVL then refreshes the TTL of
+every hit with one ``EXPIRE`` round trip each, its documented sliding expiry) and without.
+
 A "redis-py raw" subject (MSET / MGET of the float32 payloads, no cache layer, bytes left
 undecoded) runs in the same rounds as context for the redis-benchmark ceiling.
 """
@@ -37,6 +41,9 @@ from .timing import BatchOp, Throughput, calibrate, timed_run
 BATCH = 100
 BASELINE = "json (lesson)"
 RAW = "redis-py raw"
+REDISVL = "redisvl (ttl)"
+REDISVL_NO_TTL = "redisvl (no ttl)"
+PEER_TTL = 48 * 3600  # the TTL of cachebus query embeddings
 CODECS: tuple[tuple[str, bool], ...] = (
     ("float32", False),
     ("float16", False),
@@ -157,6 +164,53 @@ class CachebusSubject:
             )
 
 
+class RedisVLSubject:
+    """RedisVL's ``EmbeddingsCache``: a hash per entry, the vector as JSON text in it.
+
+    Inputs are converted with ``.tolist()`` outside the timed region (its ``embedding`` is
+    ``list[float]``); ``get_batch`` returns what ``mget`` returns (dicts with the vector).
+    """
+
+    lossy = False
+
+    def __init__(self, client: redis.Redis, data: Dataset, *, ttl: int | None) -> None:
+        from redisvl.extensions.cache.embeddings import EmbeddingsCache
+
+        self.name = REDISVL if ttl else REDISVL_NO_TTL
+        self.client = client
+        self.cache = EmbeddingsCache(name="rvl", ttl=ttl, redis_client=client)
+        self._texts = [data.batch_texts(i) for i in range(data.batches)]
+        self._items = [
+            [
+                {"content": t, "model_name": "bench", "embedding": v}
+                for t, v in zip(data.batch_texts(i), data.batch_vectors(i).tolist(), strict=True)
+            ]
+            for i in range(data.batches)
+        ]
+
+    def set_batch(self, i: int) -> None:
+        self.cache.mset(self._items[i])
+
+    def get_batch(self, i: int) -> Sequence[Any]:
+        return self.cache.mget(self._texts[i], "bench")
+
+    def decoded_batch(self, i: int) -> list[Any]:
+        return [None if e is None else e["embedding"] for e in self.get_batch(i)]
+
+    def check_clean(self) -> None:
+        for i in range(len(self._texts)):
+            if any(v is None for v in self.get_batch(i)):
+                raise BenchError(f"{self.name}: a key went missing during the benchmark")
+
+
+def redisvl_available() -> bool:
+    try:
+        import redisvl.extensions.cache.embeddings  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class RawSubject:
     """No cache layer: MSET / MGET of pre-encoded float32 payloads under plain keys."""
 
@@ -189,13 +243,21 @@ class RawSubject:
                 raise BenchError(f"{self.name}: a key went missing during the benchmark")
 
 
-def make_subjects(connect: Callable[[int], redis.Redis], data: Dataset) -> list[Subject]:
-    """Baseline first, then one per codec, then the raw reference; one database each."""
+def make_subjects(
+    connect: Callable[[int], redis.Redis], data: Dataset, *, peer: bool = True
+) -> list[Subject]:
+    """Baseline first, then one per codec, then RedisVL, then the raw reference; one
+    database each."""
     made: list[Subject] = [JsonSubject(connect(0), data)]
     made.extend(
         CachebusSubject(connect(db), data, d, c) for db, (d, c) in enumerate(CODECS, start=1)
     )
-    made.append(RawSubject(connect(len(CODECS) + 1), data))
+    db = len(CODECS) + 1
+    if peer:
+        made.append(RedisVLSubject(connect(db), data, ttl=PEER_TTL))
+        made.append(RedisVLSubject(connect(db + 1), data, ttl=None))
+        db += 2
+    made.append(RawSubject(connect(db), data))
     return made
 
 
@@ -221,7 +283,8 @@ def check_round_trip(subject: Subject, data: Dataset) -> Fidelity:
     min_cos = 1.0
     max_err = 0.0
     for i in range(data.batches):
-        got = subject.decoded_batch(i) if isinstance(subject, RawSubject) else subject.get_batch(i)
+        decoded = getattr(subject, "decoded_batch", None)
+        got = decoded(i) if decoded is not None else subject.get_batch(i)
         want = data.batch_vectors(i)
         if len(got) != len(want) or any(v is None for v in got):
             raise BenchError(f"{subject.name}: batch {i} came back with misses")
@@ -274,13 +337,28 @@ class LayerResult:
         }
 
 
+# Bytes of a hash's fields and values (what STRLEN is for a string).
+_HASH_BYTES = """
+local n = 0
+for _, part in ipairs(redis.call('HGETALL', KEYS[1])) do n = n + #part end
+return n
+"""
+
+
 def _memory(client: redis.Redis) -> tuple[list[int], list[int]]:
-    """``MEMORY USAGE key SAMPLES 0`` and ``STRLEN`` of every key in the client's database."""
+    """``MEMORY USAGE key SAMPLES 0`` and the stored bytes (``STRLEN``, or a hash's fields and
+    values) of every key in the client's database."""
     keys = list(client.scan_iter(count=1000))
     pipe = client.pipeline(transaction=False)
     for key in keys:
+        pipe.type(key)
+    types = pipe.execute()
+    for key, kind in zip(keys, types, strict=True):
         pipe.memory_usage(key, samples=0)
-        pipe.strlen(key)
+        if kind in (b"hash", "hash"):
+            pipe.eval(_HASH_BYTES, 1, key)
+        else:
+            pipe.strlen(key)
     replies = pipe.execute()
     return [int(r) for r in replies[0::2]], [int(r) for r in replies[1::2]]
 

@@ -16,6 +16,7 @@ and async classes are thin shells.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -34,6 +35,22 @@ class Call:
     @classmethod
     def of(cls, name: str, *args: Any) -> Call:
         return cls(name, args)
+
+
+class Script:
+    """A Lua script sent by SHA (EVALSHA): the body crosses the network once per
+    server, not with every call. Runners load it on a NOSCRIPT reply and retry."""
+
+    registry: dict[str, str] = {}
+    """sha1 -> source of every script, for the runners' NOSCRIPT recovery."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+        Script.registry[self.sha] = source
+
+    def call(self, numkeys: int, *keys_and_args: Any) -> Call:
+        return Call("EVALSHA", (self.sha, numkeys, *keys_and_args))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Final
 import numpy.typing as npt
 
 from .codecs import Vector, VectorCodec, decode_vector, pack_chunk, unpack_chunk
-from .commands import Call, Program
+from .commands import Call, Program, Script
 from .errors import CodecError
 from .keys import Tag
 from .layer import AsyncShell, LayerCore, SyncShell
@@ -27,7 +27,7 @@ from .settings import Settings
 from .tags import Ticket, as_int, take_ticket
 
 # KEYS[1] embeddings hash, KEYS[2] document stamp; ARGV: ticket seq, ttl s, field, value, ...
-CONDITIONAL_WRITE: Final = """
+CONDITIONAL_WRITE: Final = Script("""
 local stamp = tonumber(redis.call('GET', KEYS[2]) or '0')
 if stamp > tonumber(ARGV[1]) then return 0 end
 for i = 3, #ARGV, 2 do
@@ -35,7 +35,7 @@ for i = 3, #ARGV, 2 do
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
-"""
+""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +125,7 @@ class DocumentEmbeddingCore(LayerCore):
                 nbytes += len(record)
                 args += [item.chunk_id, record]
             calls.append(
-                Call.of(
-                    "EVAL",
-                    CONDITIONAL_WRITE,
+                CONDITIONAL_WRITE.call(
                     2,
                     self.keys.document_embeddings(doc_id),
                     self.keys.stamp(Tag.doc(doc_id)),

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
-from .commands import Call, Invoke, Program, Sleep
+from .commands import Call, Invoke, Program, Script, Sleep
 from .keys import KeyScheme
 from .metrics import LayerMetrics
 from .tags import Ticket
@@ -17,10 +17,10 @@ V = TypeVar("V")
 I = TypeVar("I")  # noqa: E741 - an item key (text, request, chunk)
 
 # Delete a lease only if we still hold it (it may have expired and been retaken).
-RELEASE_SCRIPT: Final = """
+RELEASE_SCRIPT: Final = Script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-"""
+""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +87,7 @@ def read_through(
             yield from _compute_and_store(items, leased, values, metrics, compute, store, ticket)
         finally:
             if lease_keys:
-                yield [Call.of("EVAL", RELEASE_SCRIPT, 1, k, token) for k in lease_keys]
+                yield [RELEASE_SCRIPT.call(1, k, token) for k in lease_keys]
     deadline = time.monotonic() + wait_ms / 1000.0
     pause = 0.005
     while waiting and time.monotonic() < deadline:

@@ -83,6 +83,8 @@ class QueryLogCore(LayerCore):
     def record(self, texts: Iterable[str], day: date | None = None) -> Program[int]:
         """One round trip: ZINCRBY per distinct text, EXPIRE NX per day key touched.
         Returns how many texts were counted (empty and over-long ones are not)."""
+        if isinstance(texts, str):
+            raise TypeError("record() takes a sequence of texts, not one str")
         counts = Counter(t for t in texts if t and len(t) <= self.max_chars)
         if not counts:
             return 0

@@ -16,9 +16,9 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
-from redis.exceptions import NoPermissionError, RedisError, ResponseError
+from redis.exceptions import NoPermissionError, NoScriptError, RedisError, ResponseError
 
-from .commands import Call, Invoke, Program, Sleep
+from .commands import Call, Invoke, Program, Script, Sleep
 from .errors import CacheBusError, CacheUnavailableError, ConfigError, PermissionDeniedError
 
 T = TypeVar("T")
@@ -97,6 +97,16 @@ def _raise_first_error(replies: list[Any]) -> None:
             raise reply
 
 
+def _missing_scripts(calls: list[Call], replies: list[Any]) -> list[int]:
+    """Indexes of EVALSHA calls the server did not know (first use, or its
+    script cache was emptied by a restart or SCRIPT FLUSH)."""
+    return [
+        i
+        for i, (call, reply) in enumerate(zip(calls, replies, strict=True))
+        if call.name == "EVALSHA" and isinstance(reply, NoScriptError)
+    ]
+
+
 class SyncRunner:
     """Runs programs on a sync client; Redis errors come out as cachebus errors."""
 
@@ -119,16 +129,34 @@ class SyncRunner:
         if len(calls) == 1:
             call = calls[0]
             if not (self.cluster and call.name in _SPLIT and len(call.args) > 1):
-                return [client.execute_command(call.name, *call.args)]  # type: ignore[no-untyped-call]
+                try:
+                    return [client.execute_command(call.name, *call.args)]  # type: ignore[no-untyped-call]
+                except NoScriptError:
+                    self._load(call)
+                    return [client.execute_command(call.name, *call.args)]  # type: ignore[no-untyped-call]
             if call.name == "MGET" and isinstance(client, redis.cluster.RedisCluster):
                 return [client.mget_nonatomic(list(call.args))]
         flat, sizes = _expand(calls, self.cluster)
-        pipe = client.pipeline(transaction=False)
-        for call in flat:
-            pipe.execute_command(call.name, *call.args)
-        replies = pipe.execute(raise_on_error=False)
+        replies = self._pipeline(flat)
+        missing = _missing_scripts(flat, replies)
+        if missing:
+            for i in missing:
+                self._load(flat[i])
+            retried = self._pipeline([flat[i] for i in missing])
+            for i, reply in zip(missing, retried, strict=True):
+                replies[i] = reply
         _raise_first_error(replies)
         return _regroup(calls, replies, sizes)
+
+    def _pipeline(self, calls: list[Call]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            pipe.execute_command(call.name, *call.args)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
+
+    def _load(self, call: Call) -> None:
+        self.client.script_load(Script.registry[call.args[0]])
 
     def run(self, program: Program[T]) -> T:
         try:
@@ -180,16 +208,34 @@ class AsyncRunner:
         if len(calls) == 1:
             call = calls[0]
             if not (self.cluster and call.name in _SPLIT and len(call.args) > 1):
-                return [await client.execute_command(call.name, *call.args)]
+                try:
+                    return [await client.execute_command(call.name, *call.args)]
+                except NoScriptError:
+                    await self._load(call)
+                    return [await client.execute_command(call.name, *call.args)]
             if call.name == "MGET" and isinstance(client, redis.asyncio.cluster.RedisCluster):
                 return [await client.mget_nonatomic(list(call.args))]
         flat, sizes = _expand(calls, self.cluster)
-        pipe = client.pipeline(transaction=False)
-        for call in flat:
-            pipe.execute_command(call.name, *call.args)
-        replies = await pipe.execute(raise_on_error=False)
+        replies = await self._pipeline(flat)
+        missing = _missing_scripts(flat, replies)
+        if missing:
+            for i in missing:
+                await self._load(flat[i])
+            retried = await self._pipeline([flat[i] for i in missing])
+            for i, reply in zip(missing, retried, strict=True):
+                replies[i] = reply
         _raise_first_error(replies)
         return _regroup(calls, replies, sizes)
+
+    async def _pipeline(self, calls: list[Call]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            pipe.execute_command(call.name, *call.args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    async def _load(self, call: Call) -> None:
+        await self.client.script_load(Script.registry[call.args[0]])
 
     async def run(self, program: Program[T]) -> T:
         try:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from .commands import Call, Program
+from .commands import Call, Program, Script
 from .keys import KeyScheme, Tag
 
 TOMBSTONE: Final = 10**18
@@ -34,7 +34,7 @@ TOMBSTONE: Final = 10**18
 # KEYS[1] stamp, optional KEYS[2] the document's embeddings hash.
 # ARGV: seq, mode (bump|tomb|revive), stamp ttl ms, tombstone, drop (none|all|fields|changed),
 # then chunk ids (fields) or chunk id / content hash pairs (changed).
-STAMP_SCRIPT: Final = """
+STAMP_SCRIPT: Final = Script("""
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local seq, mode, tomb = ARGV[1], ARGV[2], ARGV[4]
 local new = redis.call('GET', KEYS[1]) or '0'
@@ -73,13 +73,13 @@ if KEYS[2] then
   end
 end
 return {new, removed}
-"""
+""")
 
 # INCR that never goes below the server clock in microseconds. Sequence numbers
 # and generations thus only move forward even if Redis loses its data (restart
 # without persistence, failover): tickets and keys from before the loss can never
 # be mistaken for newer ones after it. KEYS[1] the counter.
-FLOORED_INCR_SCRIPT: Final = """
+FLOORED_INCR_SCRIPT: Final = Script("""
 local t = redis.call('TIME')
 local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local v = redis.call('INCR', KEYS[1])
@@ -89,7 +89,7 @@ if v < floor then
   return s
 end
 return v
-"""
+""")
 
 Mode = Literal["bump", "tomb", "revive"]
 
@@ -179,7 +179,7 @@ class InvalidationReport:
 
 
 def floored_incr(key: str) -> Call:
-    return Call.of("EVAL", FLOORED_INCR_SCRIPT, 1, key)
+    return FLOORED_INCR_SCRIPT.call(1, key)
 
 
 def invalidate(
@@ -216,9 +216,7 @@ def invalidate(
     calls: list[Call] = []
     for tag in tag_list:
         calls.append(
-            Call.of(
-                "EVAL",
-                STAMP_SCRIPT,
+            STAMP_SCRIPT.call(
                 1,
                 scheme.stamp(tag),
                 seq,
@@ -230,9 +228,7 @@ def invalidate(
         )
     for doc in doc_list:
         calls.append(
-            Call.of(
-                "EVAL",
-                STAMP_SCRIPT,
+            STAMP_SCRIPT.call(
                 2,
                 scheme.stamp(Tag.doc(doc.doc_id)),
                 scheme.document_embeddings(doc.doc_id),

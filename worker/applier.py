@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from cachebus.commands import Call
+from cachebus.commands import Call, Script
 from cachebus.invalidation import AsyncInvalidator
 from cachebus.keys import KeyScheme
 from cachebus.runner import AsyncClient
@@ -21,7 +21,7 @@ Outcome = Literal["applied", "skipped_stale", "skipped_duplicate"]
 
 # KEYS[1] hwm; ARGV version, event_id. Raise the mark only (a replayed or
 # re-delivered older event never lowers it).
-HWM_SCRIPT: Final = """
+HWM_SCRIPT: Final = Script("""
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local v = tonumber(string.match(cur, '^(%d+):'))
@@ -29,7 +29,7 @@ if cur then
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
 return 1
-"""
+""")
 
 
 @dataclass(slots=True)
@@ -66,8 +66,7 @@ class Applier:
         events are delivered, so a crash in between re-applies and re-audits
         them as applied rather than skipping them unaudited."""
         calls = [
-            Call.of("EVAL", HWM_SCRIPT, 1, self.keys.hwm(e.doc_id), e.doc_version, e.event_id)
-            for e in events
+            HWM_SCRIPT.call(1, self.keys.hwm(e.doc_id), e.doc_version, e.event_id) for e in events
         ]
         await self._runner.execute(calls)
 

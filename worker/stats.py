@@ -208,9 +208,13 @@ async def _consumer_lag(settings: Settings, timeout: float) -> ConsumerLag:
         await consumer.start()
         await admin.start()
         topic = settings.events_topic
-        if topic not in await consumer.topics():
+        # All topics' metadata: asking for the topic by name would auto-create it.
+        described = {t["topic"]: t for t in await admin.describe_topics()}
+        info = described.get(topic)
+        if info is None or info.get("error_code") or not info.get("partitions"):
             raise LookupError(f"topic {topic!r} does not exist")
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        tps = [TopicPartition(topic, p["partition"]) for p in info["partitions"]]
+        tps.sort(key=lambda tp: tp.partition)
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)
         committed = await admin.list_consumer_group_offsets(settings.consumer_group, partitions=tps)
@@ -275,7 +279,9 @@ def kafka_report(settings: Settings, timeout: float) -> dict[str, Any]:
     except TimeoutError:
         return {**base, "available": False, "error": f"no answer within {timeout:g} s"}
     except Exception as exc:  # any Kafka trouble: the Redis part still stands
-        return {**base, "available": False, "error": f"{type(exc).__name__}: {exc}"}
+        name, text = type(exc).__name__, str(exc)
+        error = text if text.startswith(name) else f"{name}: {text}".rstrip(": ")
+        return {**base, "available": False, "error": error}
     return {
         **base,
         "available": True,

@@ -106,7 +106,11 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
     p.add_argument("--days", type=int, default=7, help="query log window in days (default 7)")
     p.add_argument("--batch", type=int, default=64, help="texts per embedder call (default 64)")
     p.add_argument("--rate", type=float, default=None, help="max texts embedded per second")
-    p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="module:attr (class or factory)")
+    p.add_argument(
+        "--embedder",
+        default=None,
+        help=f"module:attr, a class or factory (default: CACHEBUS_EMBEDDER or {DEFAULT_EMBEDDER})",
+    )
     p.add_argument("--model", default=None, help="model name (passed to the embedder factory)")
     p.add_argument("--model-version", default=None, help="model version (likewise)")
     p.set_defaults(run=run)
@@ -118,7 +122,9 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO | None = None)
     if args.batch <= 0 or (args.rate is not None and args.rate <= 0):
         print("cachebus warm: --batch and --rate must be positive", file=sys.stderr)
         return 2
-    embedder = load_embedder(args.embedder, model=args.model, model_version=args.model_version)
+    # Settings.embedder (CACHEBUS_EMBEDDER) once it exists; the flag wins.
+    spec = args.embedder or getattr(settings, "embedder", "") or DEFAULT_EMBEDDER
+    embedder = load_embedder(spec, model=args.model, model_version=args.model_version)
     client = connect(settings)
     try:
         if args.top is not None:

@@ -208,3 +208,15 @@ def test_chunk_write_refused_after_delete_even_with_fresh_ticket(any_redis) -> N
     assert bus.document_embeddings.set_many("d", [ChunkVector("c", v(), "h")]) == 0
     bus.invalidator.invalidate(documents=[DocumentInvalidation("d", "revive", "none")])
     assert bus.document_embeddings.set_many("d", [ChunkVector("c", v(), "h")]) == 1
+
+
+def test_scripts_reload_after_script_flush(any_redis) -> None:
+    """Scripts go by SHA; after the server forgets them (restart, SCRIPT FLUSH)
+    they are loaded again transparently, in pipelines and single calls."""
+    bus = CacheBus(any_redis, S)
+    bus.document_embeddings.set("d", "c", v(), "h")
+    any_redis.script_flush()
+    report = bus.invalidator.invalidate_documents(["d", "e"])
+    assert report.embeddings_removed == {"d": 1, "e": 0}
+    any_redis.script_flush()
+    assert bus.document_embeddings.set("d", "c", v(), "h") == 1
