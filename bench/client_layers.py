@@ -423,8 +423,11 @@ def measure_layers(
 
 
 def add_ratios(results: list[LayerResult]) -> None:
-    """Ratios of every layer against the baseline of the same dimension (ours / baseline)."""
+    """Ratios of every layer against the baseline of the same dimension (ours / baseline),
+    against RedisVL (both configurations) and, for memory, against float32."""
     base = {r.dim: r for r in results if r.name == BASELINE}
+    peers = {(r.dim, r.name): r for r in results if r.name in (REDISVL, REDISVL_NO_TTL)}
+    f32 = {r.dim: r for r in results if r.name == "float32"}
     for r in results:
         b = base[r.dim]
         r.ratios = {
@@ -433,3 +436,11 @@ def add_ratios(results: list[LayerResult]) -> None:
             "memory": r.memory_usage / b.memory_usage,
             "value_bytes": r.value_bytes / b.value_bytes,
         }
+        for peer, tag in ((REDISVL, "redisvl"), (REDISVL_NO_TTL, "redisvl_no_ttl")):
+            pr = peers.get((r.dim, peer))
+            if pr is not None:
+                r.ratios[f"get_speed_vs_{tag}"] = r.get.median / pr.get.median
+                r.ratios[f"set_speed_vs_{tag}"] = r.set.median / pr.set.median
+                r.ratios[f"memory_vs_{tag}"] = r.memory_usage / pr.memory_usage
+        if r.dim in f32:
+            r.ratios["memory_vs_float32"] = r.memory_usage / f32[r.dim].memory_usage

@@ -26,6 +26,7 @@ from .keys import KeyScheme, Tag
 from .lookup import Lookup
 from .metrics import LayerMetrics
 from .query_embeddings import AsyncQueryEmbeddingCache, QueryEmbeddingCache
+from .querylog import AsyncQueryLog, QueryLog
 from .rerank_scores import AsyncRerankScoreCache, RerankScoreCache
 from .search_results import AsyncSearchResultsCache, SearchHit, SearchResultsCache
 from .services import (
@@ -37,6 +38,7 @@ from .services import (
 )
 from .settings import Settings
 from .tags import DocumentInvalidation, InvalidationReport, Ticket
+from .warming import WarmReport, warm_documents, warm_queries
 
 __version__ = "0.1.0"
 
@@ -48,6 +50,7 @@ __all__ = [
     "AsyncEmbedder",
     "AsyncInvalidator",
     "AsyncQueryEmbeddingCache",
+    "AsyncQueryLog",
     "AsyncRerankScoreCache",
     "AsyncSearchResultsCache",
     "CacheBus",
@@ -72,6 +75,7 @@ __all__ = [
     "Lookup",
     "PermissionDeniedError",
     "QueryEmbeddingCache",
+    "QueryLog",
     "RerankScoreCache",
     "SearchHit",
     "SearchPipeline",
@@ -80,8 +84,11 @@ __all__ = [
     "Tag",
     "Ticket",
     "VectorCodec",
+    "WarmReport",
     "__version__",
     "connect",
     "connect_async",
     "decode_vector",
+    "warm_documents",
+    "warm_queries",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from .codecs import VectorCodec
@@ -24,6 +26,18 @@ def _used_memory(info: Any) -> int:
     if isinstance(info, dict):
         return sum(_used_memory(v) for v in info.values() if isinstance(v, dict))
     return 0
+
+
+def _info_memory(client: SyncClient) -> Any:
+    if isinstance(client, RedisCluster):
+        return client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+    return client.info("memory")
+
+
+async def _ainfo_memory(client: AsyncClient) -> Any:
+    if isinstance(client, AsyncRedisCluster):
+        return await client.info("memory", target_nodes=AsyncRedisCluster.PRIMARIES)
+    return await client.info("memory")
 
 
 def _stats(layers: dict[str, list[LayerMetrics]], used_memory: int | None) -> dict[str, Any]:
@@ -48,8 +62,8 @@ class CacheBus:
         self.client = client
         self.settings = settings or Settings()
         self.invalidator = Invalidator(client, settings=self.settings)
-        self.document_embeddings = DocumentEmbeddingCache(client, settings=self.settings)
         self._qe: dict[tuple[str, str], QueryEmbeddingCache] = {}
+        self._de: dict[tuple[str, str], DocumentEmbeddingCache] = {}
         self._sr: dict[str, SearchResultsCache] = {}
         self._rr: dict[str, RerankScoreCache] = {}
 
@@ -62,6 +76,16 @@ class CacheBus:
                 self.client, model, model_version, settings=self.settings, codec=codec
             )
         return self._qe[key]
+
+    def document_embeddings(
+        self, model: str, model_version: str = "1", *, codec: VectorCodec | None = None
+    ) -> DocumentEmbeddingCache:
+        key = (model, model_version)
+        if key not in self._de:
+            self._de[key] = DocumentEmbeddingCache(
+                self.client, model, model_version, settings=self.settings, codec=codec
+            )
+        return self._de[key]
 
     def search_results(self, collection: str) -> SearchResultsCache:
         if collection not in self._sr:
@@ -78,13 +102,13 @@ class CacheBus:
     def stats(self) -> dict[str, Any]:
         """Hit rate and counters per layer (this process) and Redis memory used."""
         try:
-            used: int | None = _used_memory(self.client.info("memory"))
+            used: int | None = _used_memory(_info_memory(self.client))
         except RedisError:
             used = None
         return _stats(
             {
                 "query_embeddings": [c.metrics for c in self._qe.values()],
-                "document_embeddings": [self.document_embeddings.metrics],
+                "document_embeddings": [c.metrics for c in self._de.values()],
                 "search_results": [c.metrics for c in self._sr.values()],
                 "rerank_scores": [c.metrics for c in self._rr.values()],
             },
@@ -99,8 +123,8 @@ class AsyncCacheBus:
         self.client = client
         self.settings = settings or Settings()
         self.invalidator = AsyncInvalidator(client, settings=self.settings)
-        self.document_embeddings = AsyncDocumentEmbeddingCache(client, settings=self.settings)
         self._qe: dict[tuple[str, str], AsyncQueryEmbeddingCache] = {}
+        self._de: dict[tuple[str, str], AsyncDocumentEmbeddingCache] = {}
         self._sr: dict[str, AsyncSearchResultsCache] = {}
         self._rr: dict[str, AsyncRerankScoreCache] = {}
 
@@ -113,6 +137,16 @@ class AsyncCacheBus:
                 self.client, model, model_version, settings=self.settings, codec=codec
             )
         return self._qe[key]
+
+    def document_embeddings(
+        self, model: str, model_version: str = "1", *, codec: VectorCodec | None = None
+    ) -> AsyncDocumentEmbeddingCache:
+        key = (model, model_version)
+        if key not in self._de:
+            self._de[key] = AsyncDocumentEmbeddingCache(
+                self.client, model, model_version, settings=self.settings, codec=codec
+            )
+        return self._de[key]
 
     def search_results(self, collection: str) -> AsyncSearchResultsCache:
         if collection not in self._sr:
@@ -128,13 +162,13 @@ class AsyncCacheBus:
 
     async def stats(self) -> dict[str, Any]:
         try:
-            used: int | None = _used_memory(await self.client.info("memory"))
+            used: int | None = _used_memory(await _ainfo_memory(self.client))
         except RedisError:
             used = None
         return _stats(
             {
                 "query_embeddings": [c.metrics for c in self._qe.values()],
-                "document_embeddings": [self.document_embeddings.metrics],
+                "document_embeddings": [c.metrics for c in self._de.values()],
                 "search_results": [c.metrics for c in self._sr.values()],
                 "rerank_scores": [c.metrics for c in self._rr.values()],
             },

@@ -1,7 +1,8 @@
 """Document (chunk) embedding cache.
 
 All chunks of a document live in one hash ``<prefix>:de:{d.<doc>}`` (field =
-chunk id, value = content hash + encoded vector), in the same cluster slot as
+``<model>.<version>:<chunk id>``, value = content hash + encoded vector; a
+vector of another embedding model is never served), in the same cluster slot as
 the document's stamp. Writes are conditional (one Lua script per document):
 a value computed under a ticket older than the document's last invalidation
 is refused. A read that passes a content hash gets a vector only if the stored
@@ -19,7 +20,7 @@ import numpy.typing as npt
 from .codecs import Vector, VectorCodec, decode_vector, pack_chunk, unpack_chunk
 from .commands import Call, Program, Script
 from .errors import CodecError
-from .keys import Tag
+from .keys import Tag, encode_part
 from .layer import AsyncShell, LayerCore, SyncShell
 from .lookup import Lookup
 from .runner import AsyncClient, SyncClient
@@ -60,11 +61,24 @@ class DocumentEmbeddingCore(LayerCore):
     layer_name = "document_embeddings"
 
     def __init__(
-        self, settings: Settings, *, codec: VectorCodec | None = None, dim: int | None = None
+        self,
+        settings: Settings,
+        model: str,
+        model_version: str = "1",
+        *,
+        codec: VectorCodec | None = None,
+        dim: int | None = None,
     ) -> None:
         super().__init__(settings)
+        self.model = model
+        self.model_version = model_version
         self.codec = codec or VectorCodec.parse(settings.codec)
         self.dim = dim
+        self.field_prefix = f"{encode_part(model)}.{encode_part(model_version)}:"
+
+    def field(self, chunk_id: str) -> str:
+        """The hash field of a chunk (the model part is encoded: no ':')."""
+        return self.field_prefix + chunk_id
 
     def decode(self, raw: bytes | None, want_hash: str | None) -> Vector | None:
         if raw is None:
@@ -86,7 +100,9 @@ class DocumentEmbeddingCore(LayerCore):
         calls = [Call.of("GET", self.keys.seq())]
         calls += [
             Call.of(
-                "HMGET", self.keys.document_embeddings(d), *(refs[i].chunk_id for i in by_doc[d])
+                "HMGET",
+                self.keys.document_embeddings(d),
+                *(self.field(refs[i].chunk_id) for i in by_doc[d]),
             )
             for d in docs
         ]
@@ -123,7 +139,7 @@ class DocumentEmbeddingCore(LayerCore):
             for item in items:
                 record = pack_chunk(self.codec.encode(item.vector), item.content_hash)
                 nbytes += len(record)
-                args += [item.chunk_id, record]
+                args += [self.field(item.chunk_id), record]
             calls.append(
                 CONDITIONAL_WRITE.call(
                     2,
@@ -162,14 +178,17 @@ class DocumentEmbeddingCache(SyncShell[DocumentEmbeddingCore]):
     def __init__(
         self,
         client: SyncClient,
+        model: str,
+        model_version: str = "1",
         *,
         settings: Settings | None = None,
         codec: VectorCodec | None = None,
         dim: int | None = None,
     ) -> None:
-        super().__init__(
-            client, DocumentEmbeddingCore(settings or Settings(), codec=codec, dim=dim)
+        core = DocumentEmbeddingCore(
+            settings or Settings(), model, model_version, codec=codec, dim=dim
         )
+        super().__init__(client, core)
 
     def lookup_chunks(self, refs: Sequence[ChunkRef]) -> Lookup[Vector]:
         """Chunks of any documents in one round trip, plus a ticket for writes."""
@@ -227,14 +246,17 @@ class AsyncDocumentEmbeddingCache(AsyncShell[DocumentEmbeddingCore]):
     def __init__(
         self,
         client: AsyncClient,
+        model: str,
+        model_version: str = "1",
         *,
         settings: Settings | None = None,
         codec: VectorCodec | None = None,
         dim: int | None = None,
     ) -> None:
-        super().__init__(
-            client, DocumentEmbeddingCore(settings or Settings(), codec=codec, dim=dim)
+        core = DocumentEmbeddingCore(
+            settings or Settings(), model, model_version, codec=codec, dim=dim
         )
+        super().__init__(client, core)
 
     async def lookup_chunks(self, refs: Sequence[ChunkRef]) -> Lookup[Vector]:
         return await self._soft(self.core.lookup(refs), Lookup([None] * len(refs), None), "read")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Generic, TypeVar
 
@@ -9,6 +10,7 @@ from .commands import Program
 from .errors import CacheBusError
 from .keys import KeyScheme
 from .metrics import LayerMetrics
+from .metrics_store import MetricsPublisher
 from .runner import AsyncClient, AsyncRunner, SyncClient, SyncRunner
 from .settings import Settings
 
@@ -25,6 +27,9 @@ class LayerCore:
         self.settings = settings
         self.keys = KeyScheme(settings.prefix)
         self.metrics = LayerMetrics()
+        self.publisher = MetricsPublisher(
+            settings.prefix, self.layer_name, interval=settings.metrics_flush_interval
+        )
 
     def count(self, values: list[Any]) -> None:
         """Record the hits and misses of one lookup."""
@@ -50,14 +55,26 @@ class SyncShell(Generic[C]):
         return self.core.metrics
 
     def _run(self, program: Program[T]) -> T:
-        return self._runner.run(program)
+        result = self._runner.run(program)
+        self._flush_metrics()
+        return result
 
     def _soft(self, program: Program[T], fallback: T, what: str) -> T:
         """Reads and writes fail open (counted) unless the settings are strict."""
         try:
-            return self._runner.run(program)
+            result = self._runner.run(program)
         except CacheBusError as exc:
             return _fail_open(self.core, exc, fallback, what)
+        self._flush_metrics()
+        return result
+
+    def _flush_metrics(self) -> None:
+        """Every ``metrics_flush_interval`` s, add this process's counters to Redis
+        (for ``cachebus stats`` across processes); one pipelined round trip."""
+        if self.core.publisher.due():
+            # On failure the baseline is kept: retried at the next interval.
+            with contextlib.suppress(CacheBusError):
+                self._runner.run(self.core.publisher.flush(self.core.metrics))
 
 
 class AsyncShell(Generic[C]):
@@ -74,13 +91,22 @@ class AsyncShell(Generic[C]):
         return self.core.metrics
 
     async def _run(self, program: Program[T]) -> T:
-        return await self._runner.run(program)
+        result = await self._runner.run(program)
+        await self._flush_metrics()
+        return result
 
     async def _soft(self, program: Program[T], fallback: T, what: str) -> T:
         try:
-            return await self._runner.run(program)
+            result = await self._runner.run(program)
         except CacheBusError as exc:
             return _fail_open(self.core, exc, fallback, what)
+        await self._flush_metrics()
+        return result
+
+    async def _flush_metrics(self) -> None:
+        if self.core.publisher.due():
+            with contextlib.suppress(CacheBusError):
+                await self._runner.run(self.core.publisher.flush(self.core.metrics))
 
 
 def _fail_open(core: LayerCore, exc: CacheBusError, fallback: T, what: str) -> T:

@@ -12,6 +12,7 @@ from .codecs import Vector
 from .embedders import AsyncEmbedder, Embedder
 from .errors import CacheBusError
 from .query_embeddings import AsyncQueryEmbeddingCache, QueryEmbeddingCache
+from .querylog import AsyncQueryLog, QueryLog
 from .search_results import (
     AsyncSearchResultsCache,
     Filters,
@@ -118,12 +119,16 @@ class CachedSearchService:
         results: Callable[[str], Any],
         embeddings: CachedEmbeddingService,
         pipeline: SearchPipeline,
+        *,
+        query_log: QueryLog | None = None,
     ) -> None:
         """``results`` maps a collection name to its :class:`SearchResultsCache`
-        (e.g. ``bus.search_results``)."""
+        (e.g. ``bus.search_results``). With a ``query_log``, every query is
+        counted (one pipelined round trip) for ``cachebus warm --top``."""
         self.results = results
         self.embeddings = embeddings
         self.pipeline = pipeline
+        self.query_log = query_log
 
     def search(
         self,
@@ -132,6 +137,8 @@ class CachedSearchService:
         filters: Mapping[str, Any] | None = None,
         top_k: int = 10,
     ) -> Results:
+        if self.query_log is not None:
+            self.query_log.record([query])
         cache = self.results(collection)
         request = SearchRequest(query, filters, top_k)
 
@@ -157,10 +164,13 @@ class AsyncCachedSearchService:
         results: Callable[[str], AsyncSearchResultsCache],
         embeddings: AsyncCachedEmbeddingService,
         pipeline: AsyncSearchPipeline,
+        *,
+        query_log: AsyncQueryLog | None = None,
     ) -> None:
         self.results = results
         self.embeddings = embeddings
         self.pipeline = pipeline
+        self.query_log = query_log
 
     async def search(
         self,
@@ -169,6 +179,8 @@ class AsyncCachedSearchService:
         filters: Mapping[str, Any] | None = None,
         top_k: int = 10,
     ) -> Results:
+        if self.query_log is not None:
+            await self.query_log.record([query])
         cache = self.results(collection)
         request = SearchRequest(query, filters, top_k)
 

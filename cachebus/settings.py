@@ -43,6 +43,10 @@ class Settings:
     """Herd control: how long a computing caller holds the lease."""
     lease_wait_ms: int = 3000
     """Herd control: how long other callers wait for the leaseholder before computing."""
+    embedder: str = "cachebus.embedders:HashingEmbedder"
+    """``module:attr`` of the Embedder (class or factory) the CLI uses for warming."""
+    metrics_flush_interval: float = 10.0
+    """Seconds between publishing layer counters to Redis for ``cachebus stats`` (0: off)."""
     strict: bool = False
     """Raise on Redis errors during reads instead of failing open (counted miss)."""
     kafka_bootstrap: str = "127.0.0.1:9092"

@@ -52,8 +52,14 @@ if KEYS[2] then
     removed = redis.call('HLEN', KEYS[2])
     redis.call('UNLINK', KEYS[2])
   elseif ARGV[5] == 'fields' and #ARGV > 5 then
-    for i = 6, #ARGV do
-      removed = removed + redis.call('HDEL', KEYS[2], ARGV[i])
+    -- chunk ids, in the fields of every model ('<model>.<version>:<chunk id>')
+    local drop = {}
+    for i = 6, #ARGV do drop[ARGV[i]] = true end
+    for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+      local sep = string.find(f, ':', 1, true)
+      if sep and drop[string.sub(f, sep + 1)] then
+        removed = removed + redis.call('HDEL', KEYS[2], f)
+      end
     end
   elseif ARGV[5] == 'changed' then
     -- keep a chunk only if the event lists it with the content hash it was
@@ -61,7 +67,9 @@ if KEYS[2] then
     local keep = {}
     for i = 6, #ARGV, 2 do keep[ARGV[i]] = ARGV[i + 1] end
     for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
-      local want = keep[f]
+      -- fields are '<model>.<version>:<chunk id>'; the model part has no ':'
+      local sep = string.find(f, ':', 1, true)
+      local want = sep and keep[string.sub(f, sep + 1)]
       local stale = true
       if want then
         local v = redis.call('HGET', KEYS[2], f)

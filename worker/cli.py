@@ -158,7 +158,7 @@ async def audit_tail(
 
 # Each module has ``register(subparsers, add_common)`` which adds its subcommand
 # and sets ``run(settings, args) -> exit code`` as the parser default.
-COMMAND_MODULES: tuple[str, ...] = ("worker.replay",)
+COMMAND_MODULES: tuple[str, ...] = ("worker.replay", "worker.stats", "worker.warm")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -91,10 +91,10 @@ class ContentPipeline:
 
     def upsert(self, doc_id: str, version: int, texts: list[str], kind: str) -> None:
         refs = [ChunkRef(doc_id, f"c{i}", chunk_hash(t)) for i, t in enumerate(texts)]
-        lookup = self.bus.document_embeddings.lookup_chunks(refs)
+        lookup = self.bus.document_embeddings(self.index.embedder.model).lookup_chunks(refs)
         todo = [i for i, v in enumerate(lookup.values) if v is None]
         vectors = list(self.index.embedder.embed([texts[i] for i in todo])) if todo else []
-        self.bus.document_embeddings.set_many(
+        self.bus.document_embeddings(self.index.embedder.model).set_many(
             doc_id,
             [
                 ChunkVector(f"c{i}", v, chunk_hash(texts[i]))

@@ -122,8 +122,7 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO | None = None)
     if args.batch <= 0 or (args.rate is not None and args.rate <= 0):
         print("cachebus warm: --batch and --rate must be positive", file=sys.stderr)
         return 2
-    # Settings.embedder (CACHEBUS_EMBEDDER) once it exists; the flag wins.
-    spec = args.embedder or getattr(settings, "embedder", "") or DEFAULT_EMBEDDER
+    spec = args.embedder or settings.embedder or DEFAULT_EMBEDDER  # the flag wins
     embedder = load_embedder(spec, model=args.model, model_version=args.model_version)
     client = connect(settings)
     try:
@@ -145,7 +144,9 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO | None = None)
             stream = sys.stdin if args.documents == "-" else open(args.documents, encoding="utf-8")  # noqa: SIM115
             with stream:
                 report = warm_documents(
-                    DocumentEmbeddingCache(client, settings=settings),
+                    DocumentEmbeddingCache(
+                        client, embedder.model, embedder.model_version, settings=settings
+                    ),
                     embedder,
                     read_documents(stream),
                     batch_size=args.batch,

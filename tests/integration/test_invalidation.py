@@ -41,7 +41,7 @@ class TestStaleSetRace:
     def test_document_embeddings_deterministic(self, any_redis) -> None:
         """The late write of an old chunk embedding is refused atomically."""
         bus = CacheBus(any_redis, S)
-        de = bus.document_embeddings
+        de = bus.document_embeddings("m")
         lookup = de.lookup_chunks([])
         bus.invalidator.invalidate_documents(["d"])
         assert de.set("d", "c", v(), "h", ticket=lookup.ticket) == 0
@@ -115,7 +115,7 @@ class TestGlobInjection:
 
     def _canary(self, bus: CacheBus, client) -> dict[str, bytes | None]:
         for doc in PLAIN_IDS + HOSTILE_IDS:
-            bus.document_embeddings.set(doc, "c", v(), "h")
+            bus.document_embeddings("m").set(doc, "c", v(), "h")
             bus.search_results("col").set(f"q-{doc}", [SearchHit(doc, 1.0)])
             client.set(f"t:legacy:{doc}:chunk", b"legacy")
         return {}
@@ -131,7 +131,7 @@ class TestGlobInjection:
         assert removed == 1
         for doc in PLAIN_IDS + HOSTILE_IDS:
             own = doc == hostile
-            assert (bus.document_embeddings.get(doc, "c") is None) == own, doc
+            assert (bus.document_embeddings("m").get(doc, "c") is None) == own, doc
             assert (bus.search_results("col").get(f"q-{doc}") is None) == own, doc
             assert (any_redis.get(f"t:legacy:{doc}:chunk") is None) == own, doc
 
@@ -205,18 +205,18 @@ def test_chunk_write_refused_after_delete_even_with_fresh_ticket(any_redis) -> N
 
     bus = CacheBus(any_redis, S)
     bus.invalidator.invalidate_documents(["d"], deleted=True)
-    assert bus.document_embeddings.set_many("d", [ChunkVector("c", v(), "h")]) == 0
+    assert bus.document_embeddings("m").set_many("d", [ChunkVector("c", v(), "h")]) == 0
     bus.invalidator.invalidate(documents=[DocumentInvalidation("d", "revive", "none")])
-    assert bus.document_embeddings.set_many("d", [ChunkVector("c", v(), "h")]) == 1
+    assert bus.document_embeddings("m").set_many("d", [ChunkVector("c", v(), "h")]) == 1
 
 
 def test_scripts_reload_after_script_flush(any_redis) -> None:
     """Scripts go by SHA; after the server forgets them (restart, SCRIPT FLUSH)
     they are loaded again transparently, in pipelines and single calls."""
     bus = CacheBus(any_redis, S)
-    bus.document_embeddings.set("d", "c", v(), "h")
+    bus.document_embeddings("m").set("d", "c", v(), "h")
     any_redis.script_flush()
     report = bus.invalidator.invalidate_documents(["d", "e"])
     assert report.embeddings_removed == {"d": 1, "e": 0}
     any_redis.script_flush()
-    assert bus.document_embeddings.set("d", "c", v(), "h") == 1
+    assert bus.document_embeddings("m").set("d", "c", v(), "h") == 1

@@ -91,7 +91,7 @@ class TestQueryEmbeddings:
 class TestDocumentEmbeddings:
     def test_content_hash_gates_reads(self, any_redis) -> None:
         """A read with a content hash only returns a vector of that content."""
-        de = CacheBus(any_redis, S).document_embeddings
+        de = CacheBus(any_redis, S).document_embeddings("m")
         v = vec()
         de.set_many("doc*1", [ChunkVector("c1", v, "h1"), ChunkVector("c2", vec(), "h2")])
         assert np.array_equal(de.get("doc*1", "c1", "h1"), v)
@@ -99,9 +99,20 @@ class TestDocumentEmbeddings:
         assert de.get("doc*1", "c1", "changed") is None
         assert de.get_many("doc*1", ["c1", "c2", "c3"], ["h1", "h2", "h3"])[2] is None
 
+    def test_other_models_vectors_never_served(self, any_redis) -> None:
+        """Chunks are per embedding model: another model's vector is a miss, and a
+        document invalidation drops every model's chunks."""
+        bus = CacheBus(any_redis, S)
+        bus.document_embeddings("model-a").set("d", "c1", vec(), "h")
+        assert bus.document_embeddings("model-b").get("d", "c1", "h") is None
+        assert bus.document_embeddings("model-a", "2").get("d", "c1", "h") is None
+        bus.document_embeddings("model-b").set("d", "c1", vec(), "h")
+        report = bus.invalidator.invalidate_documents(["d"])
+        assert report.embeddings_removed == {"d": 2}
+
     def test_cross_document_lookup_one_round_trip(self, any_redis) -> None:
         """Chunks of many documents in one call, in request order."""
-        de = CacheBus(any_redis, S).document_embeddings
+        de = CacheBus(any_redis, S).document_embeddings("m")
         vs = {f"d{i}": vec() for i in range(10)}
         de.set_chunks({d: [ChunkVector("c", v, "h")] for d, v in vs.items()})
         refs = [ChunkRef(d, "c", "h") for d in reversed(list(vs))]
@@ -114,7 +125,7 @@ class TestDocumentEmbeddings:
         from cachebus import DocumentInvalidation
 
         bus = CacheBus(any_redis, S)
-        de = bus.document_embeddings
+        de = bus.document_embeddings("m")
         de.set_many("d", [ChunkVector("c1", vec(), "h1"), ChunkVector("c2", vec(), "h2")])
         report = bus.invalidator.invalidate(
             documents=[DocumentInvalidation("d", "bump", "fields", ("c2",))]
@@ -126,7 +137,7 @@ class TestDocumentEmbeddings:
     def test_delete_drops_all_and_refuses_late_writes(self, any_redis) -> None:
         """A deleted document's embeddings go, and stay gone, until revived."""
         bus = CacheBus(any_redis, S)
-        de = bus.document_embeddings
+        de = bus.document_embeddings("m")
         de.set("gone", "c1", vec(), "h")
         bus.invalidator.invalidate_documents(["gone"], deleted=True)
         assert de.get("gone", "c1") is None
@@ -197,8 +208,8 @@ class TestAsyncLayers:
         await qe.set_many([("a", v), ("b", v)])
         got = await qe.get_many(["a", "zz", "b"])
         assert got[1] is None and np.array_equal(got[0], v)
-        await bus.document_embeddings.set("d", "c", v, "h")
-        assert await bus.document_embeddings.get("d", "c", "h") is not None
+        await bus.document_embeddings("m").set("d", "c", v, "h")
+        assert await bus.document_embeddings("m").get("d", "c", "h") is not None
         sr = bus.search_results("news")
         await sr.set("q", [SearchHit("d", 1.0)])
         rr = bus.rerank_scores("m")
@@ -207,7 +218,7 @@ class TestAsyncLayers:
         await bus.invalidator.invalidate_documents(["d"], deleted=True)
         assert await sr.get("q") is None
         assert await rr.get("q", [("d", 1)]) is None
-        assert await bus.document_embeddings.get("d", "c") is None
+        assert await bus.document_embeddings("m").get("d", "c") is None
         stats = await bus.stats()
         assert stats["redis_used_memory"] > 0
         assert stats["layers"]["search_results"]["hits"] == 1

@@ -39,7 +39,9 @@ def populate(client, prefix: str = PREFIX) -> None:
     vec = np.ones(16, dtype=np.float32)
     bus.query_embeddings("m").set_many({f"q{i}": vec for i in range(COUNTS["qe"])})
     for d in range(COUNTS["de"]):
-        bus.document_embeddings.set_many(f"doc {d}", [ChunkVector(f"c{c}", vec) for c in range(3)])
+        bus.document_embeddings("m").set_many(
+            f"doc {d}", [ChunkVector(f"c{c}", vec) for c in range(3)]
+        )
     for i in range(COUNTS["sr"]):
         bus.search_results("kb").set(f"query {i}", [SearchHit(f"doc {i % 7}", 0.5)])
     for i in range(COUNTS["rr"]):

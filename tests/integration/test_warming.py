@@ -232,7 +232,7 @@ class TestWarmDocuments:
     def test_skips_same_hash_and_reembeds_changed(self, any_redis) -> None:
         """Unchanged chunks (same content hash) are skipped; changed and new ones embedded."""
         bus = CacheBus(any_redis, S)
-        de = bus.document_embeddings
+        de = bus.document_embeddings("m")
         embedder = CountingEmbedder()
         first = [
             _doc("d1", ("c0", "alpha"), ("c1", "beta"), ("c2", "gamma")),
@@ -267,14 +267,14 @@ class TestWarmDocuments:
         bus = CacheBus(any_redis, S)
         bus.invalidator.invalidate_documents(["gone"], deleted=True)
         report = warm_documents(
-            bus.document_embeddings, CountingEmbedder(), [_doc("gone", ("a", "x"), ("b", "y"))]
+            bus.document_embeddings("m"), CountingEmbedder(), [_doc("gone", ("a", "x"), ("b", "y"))]
         )
         assert (report.warmed, report.refused) == (0, 2)
-        assert bus.document_embeddings.get("gone", "a") is None
+        assert bus.document_embeddings("m").get("gone", "a") is None
 
     def test_bad_document_raises(self, any_redis) -> None:
         """A chunk without chunk_id or text is a ValueError naming the document."""
-        de = CacheBus(any_redis, S).document_embeddings
+        de = CacheBus(any_redis, S).document_embeddings("m")
         with pytest.raises(ValueError, match="'d9'"):
             warm_documents(de, CountingEmbedder(), [{"doc_id": "d9", "chunks": [{"text": "x"}]}])
 

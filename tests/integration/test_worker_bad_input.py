@@ -19,7 +19,7 @@ def test_hostile_corpus_is_dead_lettered_or_processed_safely(stack: LocalStack) 
     assert len(HOSTILE) >= 20
     bus = CacheBus(stack.redis.client(), stack.settings)
     canary_vec = np.ones(8, dtype=np.float32)
-    bus.document_embeddings.set_many("canary-1", [ChunkVector("c", canary_vec, "h")])
+    bus.document_embeddings("m").set_many("canary-1", [ChunkVector("c", canary_vec, "h")])
     bus.search_results("canary").set("q", [SearchHit("canary-1", 1.0)])
     bus.query_embeddings("m").set("canary", canary_vec)
 
@@ -52,6 +52,6 @@ def test_hostile_corpus_is_dead_lettered_or_processed_safely(stack: LocalStack) 
     assert worker.alive
 
     # Canaries: no hostile record reached another document's keys.
-    assert bus.document_embeddings.get("canary-1", "c", "h") is not None
+    assert bus.document_embeddings("m").get("canary-1", "c", "h") is not None
     assert bus.search_results("canary").get("q") is not None
     assert bus.query_embeddings("m").get("canary") is not None

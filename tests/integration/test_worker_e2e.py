@@ -22,7 +22,7 @@ def _populate(bus: CacheBus) -> None:
     kb.set("q-b", [SearchHit("B", 0.9)])
     other.set("q-a", [SearchHit("A", 0.9)])
     other.set("q-c", [SearchHit("C", 0.9)])
-    de = bus.document_embeddings
+    de = bus.document_embeddings("m")
     de.set_many("A", [ChunkVector("c1", V, "h1"), ChunkVector("c2", V, "h2")])
     de.set_many("B", [ChunkVector("c1", V, "hb")])
     de.set_many("C", [ChunkVector("c1", V, "hc")])
@@ -47,7 +47,7 @@ def test_guarantees_created_updated_deleted(stack: LocalStack) -> None:
     bus = _bus(stack)
     _populate(bus)
     kb, other = bus.search_results("kb"), bus.search_results("other")
-    de, rr = bus.document_embeddings, bus.rerank_scores("rr")
+    de, rr = bus.document_embeddings("m"), bus.rerank_scores("rr")
 
     # Guarantee 3: created D in kb retires kb's cached results, nothing else.
     created = document_event("created", "D", 1, collection="kb")
@@ -128,14 +128,14 @@ def test_hostile_ids_touch_only_their_keys(stack: LocalStack, doc_id: str) -> No
     bus = _bus(stack)
     canaries = ["a", "ab", "b", "x", "t", "canary"]
     for doc in [*canaries, doc_id]:
-        bus.document_embeddings.set(doc, "c", V, "h")
+        bus.document_embeddings("m").set(doc, "c", V, "h")
         bus.search_results("other").set(f"q-{doc}", [SearchHit(doc, 1.0)])
     stack.publish([document_event("deleted", doc_id, 1)])
     stack.read_audits(count=1)
-    assert bus.document_embeddings.get(doc_id, "c") is None
+    assert bus.document_embeddings("m").get(doc_id, "c") is None
     assert bus.search_results("other").get(f"q-{doc_id}") is None
     for doc in canaries:
-        assert bus.document_embeddings.get(doc, "c") is not None, doc
+        assert bus.document_embeddings("m").get(doc, "c") is not None, doc
         assert bus.search_results("other").get(f"q-{doc}") is not None, doc
 
 
