@@ -43,8 +43,56 @@ def _git_revision() -> str:
     return rev + ("+dirty" if dirty else "")
 
 
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+class BusyMeter:
+    """Share of the machine's CPU time that was busy (any process) since ``start()``."""
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        except (OSError, ValueError):
+            return (0, 0)
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    def busy(self) -> float:
+        total, idle = self._read()
+        d_total, d_idle = total - self._start[0], idle - self._start[1]
+        return round(1 - d_idle / d_total, 3) if d_total > 0 else 0.0
+
+
+def _version(module: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return None
+
+
 def describe(client: redis.Redis) -> dict[str, Any]:
-    """CPU, cores, OS, Python, numpy, redis-py, redis-server and redis-benchmark versions."""
+    """CPU, cores, memory, OS, Python, numpy, redis-py, redis-server, redis-benchmark and
+    peer library versions, and the load average."""
     info: dict[str, Any] = client.info("server")
     memory: dict[str, Any] = client.info("memory")
     return {
@@ -61,4 +109,10 @@ def describe(client: redis.Redis) -> dict[str, Any]:
         "redis_benchmark": benchmark_version(),
         "cachebus": cachebus.__version__,
         "git": _git_revision(),
+        "memory_gib": memory_gib(),
+        "redisvl": _version("redisvl"),
+        "sentence_transformers": _version("sentence-transformers"),
+        "aiokafka": _version("aiokafka"),
+        "faust_streaming": _version("faust-streaming"),
+        "loadavg_start": loadavg(),
     }

@@ -59,6 +59,9 @@ class WorkerConfig:
     batch_wait_ms: int = 20
     partitions: int = 6
     drain_timeout_s: float = 180.0
+    tuned_wait_ms: int | None = None
+    """Then restart the worker with this CACHEBUS_BATCH_WAIT_MS and offer the first load
+    again (shows what the batch window costs in latency)."""
 
 
 def proc_cpu_s(pid: int | None) -> float:
@@ -453,6 +456,16 @@ async def _run_phases(bench: WorkerBench, cfg: WorkerConfig) -> list[dict[str, A
         await bench.stop()
 
 
+async def _tuned_phase(bench: WorkerBench, rate: int, seconds: float) -> dict[str, Any]:
+    await bench.start()
+    try:
+        await bench.phase("tuned-warmup", bench.factory.make(500, "tuned-warmup"), 1000.0)
+        name = f"tuned-load-{rate}"
+        return await bench.phase(name, bench.factory.make(int(rate * seconds), name), float(rate))
+    finally:
+        await bench.stop()
+
+
 def run(cfg: WorkerConfig, progress: Progress) -> dict[str, Any]:
     from worker.stack import LocalStack
 
@@ -467,6 +480,15 @@ def run(cfg: WorkerConfig, progress: Progress) -> dict[str, Any]:
         progress(f"worker: ready ({time.perf_counter() - t0:.1f} s)")
         bench = WorkerBench(stack, worker, cfg, progress)
         phases = asyncio.run(_run_phases(bench, cfg))
+        if cfg.tuned_wait_ms is not None and cfg.loads:
+            worker.stop()
+            progress(f"worker: restarting it with CACHEBUS_BATCH_WAIT_MS={cfg.tuned_wait_ms}")
+            tuned = stack.start_worker(
+                "bench-tuned", batch_max=cfg.batch_max, batch_wait_ms=cfg.tuned_wait_ms
+            )
+            again = WorkerBench(stack, tuned, cfg, progress)
+            again.factory = bench.factory  # versions keep rising per document
+            phases.append(asyncio.run(_tuned_phase(again, cfg.loads[0], cfg.load_seconds)))
         kafka_version = getattr(stack.kafka, "_version", None)
     return {
         "config": {
@@ -477,6 +499,7 @@ def run(cfg: WorkerConfig, progress: Progress) -> dict[str, Any]:
             "documents": cfg.documents,
             "batch_max": cfg.batch_max,
             "batch_wait_ms": cfg.batch_wait_ms,
+            "tuned_wait_ms": cfg.tuned_wait_ms,
             "partitions": cfg.partitions,
             "kafka": str(kafka_version) if kafka_version else None,
         },

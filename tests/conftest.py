@@ -49,9 +49,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.redis)
         if names & _CLUSTER_FIXTURES:
             item.add_marker(pytest.mark.cluster)
-        if names & {"kafka_broker", "stack"}:
+        if names & {"kafka_broker", "stack", "cluster_stack"}:
             item.add_marker(pytest.mark.kafka)
             item.add_marker(pytest.mark.redis)
+        if "cluster_stack" in names:
+            item.add_marker(pytest.mark.cluster)
 
 
 # --------------------------------------------------------------------------- servers
@@ -189,5 +191,28 @@ def stack(
     client.close()
     with LocalStack(
         redis=redis_server, kafka=kafka_broker, settings=settings, log_dir=tmp_path
+    ) as local:
+        yield local
+
+
+@pytest.fixture
+def cluster_stack(
+    redis_cluster: RedisClusterServers, kafka_broker: LocalKafka, tmp_path: Path
+) -> Iterator[LocalStack]:
+    """Like ``stack``, with the 3-primary Redis Cluster as the cache."""
+    uid = uuid.uuid4().hex[:8]
+    settings = Settings(
+        prefix=f"e{uid}",
+        events_topic=f"events-{uid}",
+        audit_topic=f"audit-{uid}",
+        dlq_topic=f"dlq-{uid}",
+        consumer_group=f"group-{uid}",
+        batch_wait_ms=10,
+    )
+    client = redis_cluster.client()
+    client.flushall(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+    client.close()
+    with LocalStack(
+        redis=redis_cluster, kafka=kafka_broker, settings=settings, log_dir=tmp_path
     ) as local:
         yield local

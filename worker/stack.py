@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from cachebus.settings import Settings
-from cachebus.testing import RedisServer
+from cachebus.testing import RedisClusterServers, RedisServer
 
 from .testing import LocalKafka
 
@@ -101,14 +101,14 @@ class LocalStack:
     def __init__(
         self,
         *,
-        redis: RedisServer | None = None,
+        redis: RedisServer | RedisClusterServers | None = None,
         kafka: LocalKafka | None = None,
         settings: Settings | None = None,
         log_dir: Path | None = None,
     ) -> None:
         self._own_redis = redis is None
         self._own_kafka = kafka is None
-        self.redis = redis or RedisServer(use_env=False)
+        self.redis: RedisServer | RedisClusterServers = redis or RedisServer(use_env=False)
         self.kafka = kafka or LocalKafka()
         self._base = settings
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="cachebus-stack-"))
@@ -123,7 +123,11 @@ class LocalStack:
         if self._own_kafka:
             self.kafka.start()
         base = self._base or Settings()
-        self.settings = base.with_(redis_url=self.redis.url, kafka_bootstrap=self.kafka.bootstrap)
+        self.settings = base.with_(
+            redis_url=self.redis.url,
+            redis_cluster=isinstance(self.redis, RedisClusterServers),
+            kafka_bootstrap=self.kafka.bootstrap,
+        )
         asyncio.run(ensure_topics(self.settings))
         return self
 

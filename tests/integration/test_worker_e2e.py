@@ -41,8 +41,18 @@ def _wait_applied(stack: LocalStack, event: dict) -> None:
     assert audit["outcome"] == "applied"
 
 
-def test_guarantees_created_updated_deleted(stack: LocalStack) -> None:
-    """created/updated/deleted retire exactly what guarantees 1-3 say; canaries stay."""
+@pytest.fixture(params=["standalone", "cluster"])
+def any_stack(request: pytest.FixtureRequest) -> LocalStack:
+    """The whole stack with a standalone Redis or the 3-primary Redis Cluster."""
+    name = "stack" if request.param == "standalone" else "cluster_stack"
+    stack: LocalStack = request.getfixturevalue(name)
+    return stack
+
+
+def test_guarantees_created_updated_deleted(any_stack: LocalStack) -> None:
+    """created/updated/deleted retire exactly what guarantees 1-3 say; canaries
+    stay; on a standalone Redis and on Redis Cluster (no CROSSSLOT anywhere)."""
+    stack = any_stack
     stack.start_worker()
     bus = _bus(stack)
     _populate(bus)
@@ -99,8 +109,9 @@ def test_guarantees_created_updated_deleted(stack: LocalStack) -> None:
     assert bus.query_embeddings("m").get("hello") is not None
 
 
-def test_audits_match_one_to_one_and_skip_stale_and_duplicates(stack: LocalStack) -> None:
+def test_audits_match_one_to_one_and_skip_stale_and_duplicates(any_stack: LocalStack) -> None:
     """One audit per input event; older versions and re-deliveries are skipped."""
+    stack = any_stack
     stack.start_worker()
     v1 = document_event("created", "doc", 1)
     v3 = document_event("updated", "doc", 3)
