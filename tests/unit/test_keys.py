@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from cachebus.errors import ConfigError, KeyEncodingError
 from cachebus.keys import KeyScheme, Tag, decode_part, encode_part, escape_glob
+from tests.globmatch import redis_glob_match
 
 HOSTILE = ["*", "a*", "[ab]", "x\\", "{t}", "a:b", "a b", "?", "\t\n", "ü/é", "%2A", "}{"]
 SAFE = re.compile(r"^[A-Za-z0-9_.~%-]+$")
@@ -129,30 +130,6 @@ class TestPatterns:
     def test_escape_glob(self) -> None:
         """All five glob specials are escaped."""
         assert escape_glob("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\"
-
-
-def redis_glob_match(pattern: str, key: str) -> bool:
-    """Redis's stringmatchlen semantics for *, ?, [...] and backslash escapes."""
-    regex = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            regex.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        if c == "*":
-            regex.append(".*")
-        elif c == "?":
-            regex.append(".")
-        elif c == "[":
-            end = pattern.find("]", i + 1)
-            regex.append("[" + pattern[i + 1 : end].replace("\\", "\\\\") + "]")
-            i = end
-        else:
-            regex.append(re.escape(c))
-        i += 1
-    return re.fullmatch("".join(regex), key, re.DOTALL) is not None
 
 
 def test_glob_helper_agrees_with_fnmatch_on_plain_patterns() -> None:

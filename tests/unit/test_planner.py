@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 from cachebus.errors import ConfigError, KeyEncodingError
 from cachebus.keys import KeyScheme, Tag
 from cachebus.tags import DocumentInvalidation
+from tests.globmatch import redis_glob_match
 from tests.hostile_events import GLOB_DOC_IDS, HOSTILE, MAX_BYTES, OK, encode, valid_event
 from worker.events import DocumentEvent, parse_event
 from worker.planner import Action, Plan, plan
@@ -33,30 +33,6 @@ CHUNKS = [
 
 def event(**overrides: Any) -> DocumentEvent:
     return parse_event(encode(valid_event(**overrides)), max_bytes=MAX_BYTES)
-
-
-def redis_glob_match(pattern: str, key: str) -> bool:
-    """Redis's stringmatchlen semantics for *, ?, [...] and backslash escapes."""
-    regex = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            regex.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        if c == "*":
-            regex.append(".*")
-        elif c == "?":
-            regex.append(".")
-        elif c == "[":
-            end = pattern.find("]", i + 1)
-            regex.append("[" + pattern[i + 1 : end].replace("\\", "\\\\") + "]")
-            i = end
-        else:
-            regex.append(re.escape(c))
-        i += 1
-    return re.fullmatch("".join(regex), key, re.DOTALL) is not None
 
 
 class TestCreated:
