@@ -1,13 +1,25 @@
-"""``python -m bench.run`` (``make bench``): cachebus vs the lesson's JSON cache vs redis-benchmark.
+"""``python -m bench.run`` (``make bench``): cachebus side by side with the lesson's design,
+a peer library (RedisVL) and the hardware limit.
 
-Starts its own redis-server (:class:`cachebus.testing.RedisServer`, never
-``$CACHEBUS_TEST_REDIS_URL``: the benchmark runs FLUSHALL), measures, prints the tables and
-writes ``bench/report.md`` + ``bench/report.json``.  ``--quick`` is a CI smoke of a few
-seconds with too few repetitions to trust; it writes ``bench/out/report-quick.*`` so it
-never overwrites a real report.
+Sections (each a table in the report, every figure a ratio to a baseline of the same run):
 
-Exit status: 0 when measured (missed expectations are reported, not fatal); 1 when the run
-is broken (wrong data read back, errors while timing), in which case nothing is written.
+1. ``layers``: client cache layers at dims 1536 and 384 (lesson JSON, cachebus codecs,
+   RedisVL ``EmbeddingsCache``) and the redis-benchmark ceiling;
+2. ``invalidation``: cost per document event vs keyspace size, lesson SCAN+DEL vs ours;
+3. ``worker``: the faust worker end to end on a local Kafka broker and Redis;
+4. ``fidelity``: float16/int8 on real all-MiniLM-L6-v2 embeddings (skipped, with a note,
+   when the ``bench-models`` extra is not installed);
+5. ``cache_aside``: a Zipf query stream through ``CachedEmbeddingService``.
+
+Starts its own servers (:class:`cachebus.testing.RedisServer`, never
+``$CACHEBUS_TEST_REDIS_URL``: the benchmark runs FLUSHALL; Kafka through
+:class:`worker.stack.LocalStack`).  Writes ``bench/report.md``, ``bench/report.json`` and
+``bench/report.png``.  ``--quick`` is a CI smoke of about a minute with too few repetitions
+to trust; it writes ``bench/out/report-quick.*`` so it never overwrites a real report.
+
+Exit status: 0 when every section measured (missed targets are reported, not fatal); 1
+when a section failed (wrong data read back, a service that did not start); the report is
+still written, with the failure in it.
 """
 
 from __future__ import annotations
@@ -15,67 +27,96 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import redis
 
-import cachebus
 from cachebus.testing import RedisServer
 
+from . import cache_aside, fidelity, invalidation, layers, worker_e2e
+from . import plot as plotting
 from . import report as rep
-from .ceiling import PIPELINE, CeilingResult, measure_ceiling
-from .client_layers import (
-    BASELINE,
-    BATCH,
-    CODECS,
-    RAW,
-    BenchError,
-    Dataset,
-    LayerResult,
-    add_ratios,
-    make_subjects,
-    measure_layers,
-)
-from .machine import describe
+from .machine import BusyMeter, describe, loadavg
 
 HERE = Path(__file__).resolve().parent
+SECTIONS = ("layers", "invalidation", "cache_aside", "fidelity", "worker")
 
 
 @dataclass(frozen=True)
 class Config:
-    dims: tuple[int, ...]
-    working_set: int
-    runs: int
-    min_run_seconds: float
-    ceiling_clients: tuple[int, ...]
-    ceiling_requests: int
-    ceiling_repeats: int
+    layers: layers.LayersConfig
+    invalidation: invalidation.InvalidationConfig
+    worker: worker_e2e.WorkerConfig
+    fidelity: fidelity.FidelityConfig
+    cache_aside: cache_aside.CacheAsideConfig
     output: str
-    batch: int = BATCH
 
 
 FULL = Config(
-    dims=(1536, 384),
-    working_set=1000,
-    runs=11,
-    min_run_seconds=0.25,
-    ceiling_clients=(1, 4),
-    ceiling_requests=300_000,
-    ceiling_repeats=3,
+    layers=layers.LayersConfig(
+        dims=(1536, 384),
+        working_set=1000,
+        runs=11,
+        min_run_seconds=0.25,
+        ceiling_clients=(1, 4),
+        ceiling_requests=300_000,
+        ceiling_repeats=3,
+    ),
+    invalidation=invalidation.InvalidationConfig(
+        sizes=(10_000, 100_000, 1_000_000),
+        ours_events=50,
+        lesson_events=(10, 5, 3),
+        documents=10_000,
+    ),
+    worker=worker_e2e.WorkerConfig(
+        flood_events=100_000,
+        loads=(1000, 5000),
+        load_seconds=25,
+        near_max_fraction=0.8,
+        warmup_events=2000,
+        documents=100_000,
+        tuned_wait_ms=5,
+    ),
+    fidelity=fidelity.FidelityConfig(passages=5000, queries=500),
+    cache_aside=cache_aside.CacheAsideConfig(
+        queries=20_000,
+        vocabulary=5000,
+        zipf_s=1.1,
+        provider_ms=50,
+        callers=8,
+        no_cache_sample=400,
+    ),
     output=str(HERE / "report"),
 )
 QUICK = Config(
-    dims=(1536, 384),
-    working_set=200,
-    runs=3,
-    min_run_seconds=0.03,
-    ceiling_clients=(1,),
-    ceiling_requests=50_000,
-    ceiling_repeats=1,
+    layers=replace(
+        FULL.layers,
+        working_set=200,
+        runs=3,
+        min_run_seconds=0.03,
+        ceiling_clients=(1,),
+        ceiling_requests=50_000,
+        ceiling_repeats=1,
+    ),
+    invalidation=replace(
+        FULL.invalidation, sizes=(10_000, 50_000), ours_events=20, lesson_events=(2, 1)
+    ),
+    worker=replace(
+        FULL.worker,
+        flood_events=10_000,
+        loads=(1000,),
+        load_seconds=5,
+        near_max_fraction=None,
+        warmup_events=500,
+        tuned_wait_ms=None,
+    ),
+    fidelity=replace(FULL.fidelity, passages=500, queries=50),
+    cache_aside=replace(FULL.cache_aside, queries=2000, vocabulary=500, no_cache_sample=80),
     output=str(HERE / "out" / "report-quick"),
 )
 
@@ -92,68 +133,33 @@ class Clock:
         print(f"[{self.elapsed:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
+def parse_args(argv: Sequence[str] | None) -> tuple[Config, str, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="CI smoke: a few seconds")
-    parser.add_argument("--dims", help="comma-separated dimensions (default 1536,384)")
-    parser.add_argument("--runs", type=int, help="timed runs per figure (median reported)")
-    parser.add_argument("--output", help="report path without suffix (.md and .json written)")
+    parser.add_argument("--quick", action="store_true", help="CI smoke: about a minute")
+    parser.add_argument(
+        "--only", help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})"
+    )
+    parser.add_argument("--skip", help="comma-separated sections to leave out")
+    parser.add_argument("--dims", help="layers: comma-separated dimensions (default 1536,384)")
+    parser.add_argument("--runs", type=int, help="layers: timed runs per figure")
+    parser.add_argument("--output", help="report path without suffix (.md/.json/.png written)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
-    changes: dict[str, Any] = {}
     if args.dims:
-        changes["dims"] = tuple(int(d) for d in args.dims.split(","))
-    if args.runs:
-        changes["runs"] = args.runs
-    if args.output:
-        changes["output"] = args.output
-    return Config(**{**asdict(cfg), **changes}), "quick" if args.quick else "full"
-
-
-def measure(
-    cfg: Config, server: RedisServer, clock: Clock
-) -> tuple[list[LayerResult], list[CeilingResult], dict[int, LayerResult]]:
-    admin = server.client()
-    results: list[LayerResult] = []
-    ceilings: list[CeilingResult] = []
-    raw: dict[int, LayerResult] = {}
-
-    def connect(db: int) -> redis.Redis:
-        return redis.Redis(host=server.host, port=server.port, db=db)
-
-    for dim in cfg.dims:
-        admin.flushall()
-        data = Dataset.make(dim, cfg.working_set)
-        measured = measure_layers(
-            make_subjects(connect, data),
-            data,
-            runs=cfg.runs,
-            min_run_seconds=cfg.min_run_seconds,
-            progress=clock.progress,
+        cfg = replace(
+            cfg, layers=replace(cfg.layers, dims=tuple(int(d) for d in args.dims.split(",")))
         )
-        raw[dim] = next(r for r in measured if r.name == RAW)
-        results += [r for r in measured if r.name != RAW]
-        admin.flushall()
-        value_bytes = int(raw[dim].value_bytes)  # the float32 entry, as cachebus stores it
-        for clients in cfg.ceiling_clients:
-            clock.progress(
-                f"dim {dim}: redis-benchmark GET/SET -d {value_bytes} -P {PIPELINE} "
-                f"-c {clients} -n {cfg.ceiling_requests} x{cfg.ceiling_repeats}"
-            )
-            ceilings.append(
-                measure_ceiling(
-                    server.host,
-                    server.port,
-                    dim,
-                    value_bytes,
-                    clients,
-                    cfg.ceiling_requests,
-                    cfg.ceiling_repeats,
-                )
-            )
-        admin.flushall()
-    add_ratios(results)
-    return results, ceilings, raw
+    if args.runs:
+        cfg = replace(cfg, layers=replace(cfg.layers, runs=args.runs))
+    if args.output:
+        cfg = replace(cfg, output=args.output)
+    chosen = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
+    skipped = {s.strip() for s in args.skip.split(",")} if args.skip else set()
+    unknown = (set(chosen) | skipped) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    sections = [s for s in SECTIONS if s in chosen and s not in skipped]
+    return cfg, "quick" if args.quick else "full", sections
 
 
 def _shown(path: Path) -> str:
@@ -164,45 +170,82 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def _runners(
+    cfg: Config, server: RedisServer, clock: Clock
+) -> dict[str, Callable[[], dict[str, Any]]]:
+    def connect(db: int) -> redis.Redis:
+        return redis.Redis(host=server.host, port=server.port, db=db)
+
+    return {
+        "layers": lambda: layers.run(server, cfg.layers, clock.progress),
+        "invalidation": lambda: invalidation.run(
+            connect, server.client(), cfg.invalidation, clock.progress
+        ),
+        "cache_aside": lambda: cache_aside.run(connect(0), cfg.cache_aside, clock.progress),
+        "fidelity": lambda: fidelity.run(cfg.fidelity, clock.progress),
+        "worker": lambda: worker_e2e.run(cfg.worker, clock.progress),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg, mode = parse_args(argv)
+    cfg, mode, sections = parse_args(argv)
     clock = Clock()
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    clock.progress(f"{mode} benchmark: dims {list(cfg.dims)}, starting redis-server")
-    try:
-        with RedisServer(use_env=False) as server:
-            machine = describe(server.client())
-            clock.progress(f"redis-server {machine['redis_server']} on port {server.port}")
-            results, ceilings, raw = measure(cfg, server, clock)
-    except BenchError as exc:
-        print(f"BROKEN RUN, nothing reported: {exc}", file=sys.stderr)
-        return 1
-    expectations = rep.check_expectations(results)
-    rows = rep.ceiling_rows(ceilings, results, raw)
+    clock.progress(f"{mode} benchmark: sections {', '.join(sections)}; starting redis-server")
     report: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,
         "mode": mode,
         "started_at": started,
-        "duration_s": round(clock.elapsed, 1),
-        "machine": machine,
-        "config": {
-            **asdict(cfg),
-            "output": _shown(Path(cfg.output)),
-            "baseline": BASELINE,
-            "codecs": [cachebus.VectorCodec(d, c).name for d, c in CODECS],
-            "ceiling_pipeline": PIPELINE,
-        },
-        "results": [r.as_dict() for r in results],
-        "redis_py_raw": [r.as_dict() for r in raw.values()],
-        "ceiling": [c.as_dict() for c in ceilings],
-        "ceiling_share": rows,
-        "expectations": [e.as_dict() for e in expectations],
+        "sections": {},
+        "section_runs": {},
     }
-    markdown = rep.render_markdown(report, results, rep.ceiling_table(rows))
-    md_path, json_path = rep.write(Path(cfg.output), report, markdown)
-    compact = markdown.split("\n## Expectations")[0]
-    print(f"{compact}\n## Expectations\n\n{rep.expectations_block(expectations, show_met=False)}")
-    print(f"\nwrote {md_path} and {json_path} in {clock.elapsed:.1f} s")
+    failed: list[str] = []
+    with RedisServer(use_env=False) as server:
+        report["machine"] = describe(server.client())
+        clock.progress(
+            f"redis-server {report['machine']['redis_server']} on port {server.port}; "
+            f"load average {report['machine']['loadavg_start']}"
+        )
+        runners = _runners(cfg, server, clock)
+        for name in sections:
+            clock.progress(f"=== section {name}")
+            meter = BusyMeter()
+            t0 = time.perf_counter()
+            try:
+                result = runners[name]()
+            except Exception as exc:  # a broken section is reported, the others still run
+                failed.append(name)
+                clock.progress(f"section {name} FAILED: {exc!r}")
+                result = {"error": repr(exc)[:2000], "traceback": traceback.format_exc()[-4000:]}
+            server.client().flushall()
+            report["sections"][name] = result
+            report["section_runs"][name] = {
+                "seconds": round(time.perf_counter() - t0, 1),
+                "machine_busy": meter.busy(),
+                "loadavg_end": loadavg(),
+            }
+    stem = Path(cfg.output)
+    report["duration_s"] = round(clock.elapsed, 1)
+    report["config"] = {
+        **{k: v for k, v in asdict(cfg).items() if k != "output"},
+        "output": _shown(stem),
+        "sections": sections,
+    }
+    report["figure"] = stem.with_suffix(".png").name
+    report["targets"] = [t.as_dict() for t in rep.targets(report)]
+    try:
+        png = plotting.write_png(report, stem.with_suffix(".png"))
+    except ImportError as exc:
+        clock.progress(f"no figure: {exc} (pip install '.[bench]' brings matplotlib)")
+        png = None
+    markdown = rep.render_markdown(report)
+    md_path, json_path = rep.write(stem, report, markdown)
+    print(rep.headline(report))
+    written = ", ".join(_shown(p) for p in (md_path, json_path, png) if p is not None)
+    print(f"\nwrote {written} in {clock.elapsed:.1f} s")
+    if failed:
+        print(f"FAILED sections: {', '.join(failed)} (see the report)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -342,8 +342,10 @@ class WorkerBench:
         futures = []
         t0 = time.perf_counter()
         if rate is None:
-            for key, value in events:
+            for n, (key, value) in enumerate(events):
                 futures.append(await self.producer.send(topic, value, key=key))
+                if n % 1000 == 999:
+                    await asyncio.sleep(0)  # let the monitor sample
         else:
             sent = 0
             while sent < len(events):

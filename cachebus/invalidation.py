@@ -22,9 +22,10 @@ SCAN_COUNT = 1000
 class InvalidationCore:
     """Programs of the primitives, with no I/O."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, cluster: bool = False) -> None:
         self.settings = settings
         self.keys = KeyScheme(settings.prefix)
+        self.cluster = cluster
 
     def apply(
         self,
@@ -39,6 +40,7 @@ class InvalidationCore:
             documents=documents,
             bump=bump,
             stamp_ttl_ms=self.settings.stamp_ttl * 1000,
+            by_slot=self.cluster,
         )
 
     def check_pattern(self, pattern: str) -> str:
@@ -74,8 +76,8 @@ class Invalidator:
     the worker must retry rather than ack an event whose invalidation failed."""
 
     def __init__(self, client: SyncClient, *, settings: Settings | None = None) -> None:
-        self.core = InvalidationCore(settings or Settings())
         self._runner = SyncRunner(client)
+        self.core = InvalidationCore(settings or Settings(), cluster=self._runner.cluster)
 
     def invalidate(
         self,
@@ -141,8 +143,8 @@ class AsyncInvalidator:
     """Invalidation primitives on an asyncio client (what the worker uses)."""
 
     def __init__(self, client: AsyncClient, *, settings: Settings | None = None) -> None:
-        self.core = InvalidationCore(settings or Settings())
         self._runner = AsyncRunner(client)
+        self.core = InvalidationCore(settings or Settings(), cluster=self._runner.cluster)
 
     async def invalidate(
         self,

@@ -25,62 +25,78 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from redis.crc import key_slot
+
 from .commands import Call, Program, Script
 from .keys import KeyScheme, Tag
 
 TOMBSTONE: Final = 10**18
 """Stamp of a deleted document: above any sequence number (exact in Lua doubles)."""
 
-# KEYS[1] stamp, optional KEYS[2] the document's embeddings hash.
-# ARGV: seq, mode (bump|tomb|revive), stamp ttl ms, tombstone, drop (none|all|fields|changed),
-# then chunk ids (fields) or chunk id / content hash pairs (changed).
-STAMP_SCRIPT: Final = Script("""
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-local seq, mode, tomb = ARGV[1], ARGV[2], ARGV[4]
-local new = redis.call('GET', KEYS[1]) or '0'
-if mode == 'tomb' then
-  new = tomb
-elseif mode == 'revive' and cur >= tonumber(tomb) then
-  new = seq
-elseif cur < tonumber(tomb) and cur < tonumber(seq) then
-  new = seq
-end
-redis.call('SET', KEYS[1], new, 'PX', ARGV[3])
-local removed = 0
-if KEYS[2] then
-  if ARGV[5] == 'all' then
-    removed = redis.call('HLEN', KEYS[2])
-    redis.call('UNLINK', KEYS[2])
-  elseif ARGV[5] == 'fields' and #ARGV > 5 then
+# Raise stamps (and drop document embeddings) for many entries in one call.
+# KEYS: stamp_1, hash_1, stamp_2, hash_2, ...  (hash_i = stamp_i for a tag with no hash)
+# ARGV: seq, stamp ttl ms, tombstone, then per entry: mode (bump|tomb|revive),
+#       drop (none|all|fields|changed), n, and n arguments: chunk ids (fields) or
+#       chunk id / content hash pairs (changed).
+# Returns new stamp, removed fields, for each entry. On a cluster the caller sends
+# one call per hash slot; a document's stamp and embeddings share one.
+STAMPS_SCRIPT: Final = Script("""
+local seq, ttl, tomb = ARGV[1], ARGV[2], ARGV[3]
+local seqn, tombn = tonumber(seq), tonumber(tomb)
+local out = {}
+local a = 4
+for e = 1, #KEYS, 2 do
+  local skey, hkey = KEYS[e], KEYS[e + 1]
+  local mode, drop, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local first, last = a + 3, a + 2 + n
+  a = last + 1
+  local raw = redis.call('GET', skey)
+  local cur = tonumber(raw or '0')
+  local new = raw or '0'
+  if mode == 'tomb' then
+    new = tomb
+  elseif mode == 'revive' and cur >= tombn then
+    new = seq
+  elseif cur < tombn and cur < seqn then
+    new = seq
+  end
+  redis.call('SET', skey, new, 'PX', ttl)
+  local removed = 0
+  if drop == 'all' then
+    removed = redis.call('HLEN', hkey)
+    redis.call('UNLINK', hkey)
+  elseif drop == 'fields' then
     -- chunk ids, in the fields of every model ('<model>.<version>:<chunk id>')
-    local drop = {}
-    for i = 6, #ARGV do drop[ARGV[i]] = true end
-    for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+    local gone = {}
+    for i = first, last do gone[ARGV[i]] = true end
+    for _, f in ipairs(redis.call('HKEYS', hkey)) do
       local sep = string.find(f, ':', 1, true)
-      if sep and drop[string.sub(f, sep + 1)] then
-        removed = removed + redis.call('HDEL', KEYS[2], f)
+      if sep and gone[string.sub(f, sep + 1)] then
+        removed = removed + redis.call('HDEL', hkey, f)
       end
     end
-  elseif ARGV[5] == 'changed' then
+  elseif drop == 'changed' then
     -- keep a chunk only if the event lists it with the content hash it was
     -- embedded from (record layout: magic byte, hash length byte, hash, vector)
     local keep = {}
-    for i = 6, #ARGV, 2 do keep[ARGV[i]] = ARGV[i + 1] end
-    for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+    for i = first, last, 2 do keep[ARGV[i]] = ARGV[i + 1] end
+    for _, f in ipairs(redis.call('HKEYS', hkey)) do
       -- fields are '<model>.<version>:<chunk id>'; the model part has no ':'
       local sep = string.find(f, ':', 1, true)
       local want = sep and keep[string.sub(f, sep + 1)]
       local stale = true
       if want then
-        local v = redis.call('HGET', KEYS[2], f)
-        local n = string.byte(v, 2)
-        if n and string.sub(v, 3, 2 + n) == want then stale = false end
+        local v = redis.call('HGET', hkey, f)
+        local len = string.byte(v, 2)
+        if len and string.sub(v, 3, 2 + len) == want then stale = false end
       end
-      if stale then removed = removed + redis.call('HDEL', KEYS[2], f) end
+      if stale then removed = removed + redis.call('HDEL', hkey, f) end
     end
   end
+  out[#out + 1] = new
+  out[#out + 1] = removed
 end
-return {new, removed}
+return out
 """)
 
 # INCR that never goes below the server clock in microseconds. Sequence numbers
@@ -197,8 +213,11 @@ def invalidate(
     documents: Iterable[DocumentInvalidation] = (),
     bump: Iterable[str] = (),
     stamp_ttl_ms: int,
+    by_slot: bool = False,
 ) -> Program[InvalidationReport]:
-    """Tag stamps, document invalidations and generation bumps in two round trips.
+    """Tag stamps, document invalidations and generation bumps in two round trips
+    and, per round trip, one script call (per hash slot when ``by_slot``, as a
+    Redis Cluster needs).
 
     Documents' own tags (``doc:<id>``) are handled by ``documents``; ``tags``
     are other tags (collections, user tags), always in ``bump`` mode.
@@ -220,38 +239,45 @@ def invalidate(
     report.generations = {ns: int(r) for ns, r in zip(namespaces, replies, strict=True)}
     if not need_seq:
         return report
-    seq = str(report.seq)
-    calls: list[Call] = []
+    # Entries: (label, stamp key, hash key, mode, drop, args). A tag has no hash:
+    # its stamp key stands in (same slot), with nothing to drop.
+    entries: list[tuple[str, str, str, str, str, tuple[str, ...]]] = []
     for tag in tag_list:
-        calls.append(
-            STAMP_SCRIPT.call(
-                1,
-                scheme.stamp(tag),
-                seq,
-                "bump",
-                stamp_ttl_ms,
-                TOMBSTONE,
-                "none",
-            )
-        )
+        key = scheme.stamp(tag)
+        entries.append((str(tag), key, key, "bump", "none", ()))
     for doc in doc_list:
-        calls.append(
-            STAMP_SCRIPT.call(
-                2,
+        entries.append(
+            (
+                doc.doc_id,
                 scheme.stamp(Tag.doc(doc.doc_id)),
                 scheme.document_embeddings(doc.doc_id),
-                seq,
                 doc.mode,
-                stamp_ttl_ms,
-                TOMBSTONE,
                 doc.drop,
-                *doc.chunks,
+                doc.chunks,
             )
         )
+    groups: dict[int, list[int]] = {}
+    for i, entry in enumerate(entries):
+        groups.setdefault(key_slot(entry[1].encode()) if by_slot else 0, []).append(i)
+    calls: list[Call] = []
+    for indexes in groups.values():
+        keys: list[str] = []
+        args: list[Any] = [report.seq, stamp_ttl_ms, TOMBSTONE]
+        for i in indexes:
+            _, stamp_key, hash_key, mode, drop, extra = entries[i]
+            keys += [stamp_key, hash_key]
+            args += [mode, drop, len(extra), *extra]
+        calls.append(STAMPS_SCRIPT.call(len(keys), *keys, *args))
     results = yield calls
-    for tag, (stamp, _) in zip(tag_list, results[: len(tag_list)], strict=True):
-        report.stamps[str(tag)] = int(stamp)
-    for doc, (stamp, removed) in zip(doc_list, results[len(tag_list) :], strict=True):
-        report.stamps[str(Tag.doc(doc.doc_id))] = int(stamp)
-        report.embeddings_removed[doc.doc_id] = int(removed)
+    for indexes, flat in zip(groups.values(), results, strict=True):
+        for n, i in enumerate(indexes):
+            stamp, removed = int(flat[2 * n]), int(flat[2 * n + 1])
+            if i < len(tag_list):
+                report.stamps[entries[i][0]] = stamp
+            else:
+                doc_id = entries[i][0]
+                report.stamps[str(Tag.doc(doc_id))] = stamp
+                report.embeddings_removed[doc_id] = (
+                    report.embeddings_removed.get(doc_id, 0) + removed
+                )
     return report

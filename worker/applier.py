@@ -19,16 +19,21 @@ from .planner import Plan
 
 Outcome = Literal["applied", "skipped_stale", "skipped_duplicate"]
 
-# KEYS[1] hwm; ARGV version, event_id. Raise the mark only (a replayed or
-# re-delivered older event never lowers it).
+# KEYS: high-water marks; ARGV: version, event_id per key. Raise each mark only
+# (a replayed or re-delivered older event never lowers it). One call per batch
+# (per hash slot on a cluster).
 HWM_SCRIPT: Final = Script("""
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local v = tonumber(string.match(cur, '^(%d+):'))
-  if v and v >= tonumber(ARGV[1]) then return 0 end
+local raised = 0
+for i = 1, #KEYS do
+  local v = ARGV[2 * i - 1]
+  local cur = redis.call('GET', KEYS[i])
+  local c = cur and tonumber(string.match(cur, '^(%d+):'))
+  if not (c and c >= tonumber(v)) then
+    redis.call('SET', KEYS[i], v .. ':' .. ARGV[2 * i])
+    raised = raised + 1
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
-return 1
+return raised
 """)
 
 
