@@ -92,13 +92,13 @@ class DocumentEmbeddingCore(LayerCore):
             return None
 
     def lookup(self, refs: Sequence[ChunkRef]) -> Program[Lookup[Vector]]:
-        """One round trip: the sequence (ticket) and one HMGET per document."""
+        """One round trip (one HMGET per document); a miss adds one to read the
+        sequence for the ticket (hits never touch the sequence key)."""
         by_doc: dict[str, list[int]] = {}
         for i, ref in enumerate(refs):
             by_doc.setdefault(ref.doc_id, []).append(i)
         docs = list(by_doc)
-        calls = [Call.of("GET", self.keys.seq())]
-        calls += [
+        calls = [
             Call.of(
                 "HMGET",
                 self.keys.document_embeddings(d),
@@ -106,13 +106,17 @@ class DocumentEmbeddingCore(LayerCore):
             )
             for d in docs
         ]
-        seq_reply, *per_doc = yield calls
+        per_doc = yield calls
         values: list[Vector | None] = [None] * len(refs)
         for doc, raws in zip(docs, per_doc, strict=True):
             for i, raw in zip(by_doc[doc], raws, strict=True):
                 values[i] = self.decode(raw, refs[i].content_hash)
         self.count(values)
-        return Lookup(values, Ticket(as_int(seq_reply)))
+        seq = 0
+        if not values or any(v is None for v in values):  # an empty lookup asks for a ticket
+            (reply,) = yield [Call.of("GET", self.keys.seq())]
+            seq = as_int(reply)
+        return Lookup(values, Ticket(seq))
 
     def store(
         self,

@@ -17,7 +17,7 @@ from .lookup import Lookup
 from .runner import AsyncClient, SyncClient
 from .settings import Settings
 from .tagged import TaggedCore
-from .tags import Ticket, take_ticket, ticket_calls, ticket_from
+from .tags import Ticket, take_ticket
 
 Candidates = Sequence[tuple[str, int]]
 Scores = list[float]
@@ -48,11 +48,10 @@ class RerankScoreCore(TaggedCore[Scores]):
         return self.keys.rerank_scores(self.model, sha256_hex(body))
 
     def lookup(self, query: str, candidates: Candidates) -> Program[Lookup[Scores]]:
-        """Two round trips: entry (with the ticket's sequence), then tag stamps."""
-        values, replies = yield from self.read_entries(
-            [self.key(query, candidates)], True, ticket_calls(self.keys)
-        )
-        ticket = ticket_from(replies)
+        """Two round trips: the entry, then its tags' stamps (with the sequence for
+        the ticket when it is a miss)."""
+        values, _, seq = yield from self.read_entries([self.key(query, candidates)], True)
+        ticket = Ticket(seq or 0)
         value = values[0]
         if value is not None and len(value) != len(candidates):
             value = None

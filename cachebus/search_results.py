@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .commands import Program
+from .commands import Call, Program
 from .errors import CodecError, ConfigError
 from .keys import Tag, sha256_hex
 from .layer import AsyncShell, SyncShell
@@ -17,7 +17,7 @@ from .lookup import Lookup, read_through
 from .runner import AsyncClient, SyncClient
 from .settings import Settings
 from .tagged import TaggedCore
-from .tags import Ticket, take_ticket, ticket_calls, ticket_from
+from .tags import Ticket, as_int, take_ticket
 
 Filters = Mapping[str, Any] | None
 
@@ -100,20 +100,24 @@ class SearchResultsCore(TaggedCore[Results]):
     def lookup(
         self, requests: Sequence[SearchRequest], count: bool = True
     ) -> Program[Lookup[Results]]:
-        """Two round trips in the common case: the sequence, the generation and the
-        entries under the generation seen last in one step, then the tag stamps.
-        A generation changed by a bump costs one more round trip."""
+        """Two round trips in the common case: the generation and the entries under
+        the generation seen last in one step, then the tag stamps (and, on a miss,
+        the sequence for the ticket). A bumped generation costs one more."""
+        gen_key = self.keys.generation(self.namespace)
         guess = Ticket(0, {self.namespace: self._generation})
-        values, replies = yield from self.read_entries(
-            self.entry_keys(requests, guess), False, ticket_calls(self.keys, [self.namespace])
+        values, replies, seq = yield from self.read_entries(
+            self.entry_keys(requests, guess), False, [Call.of("GET", gen_key)]
         )
-        ticket = ticket_from(replies, [self.namespace])
-        if ticket.generations[self.namespace] != self._generation:
-            self._generation = ticket.generations[self.namespace]
-            values, _ = yield from self.read_entries(self.entry_keys(requests, ticket), False)
+        generation = as_int(replies[0])
+        if generation != self._generation:
+            self._generation = generation
+            values, _, seq = yield from self.read_entries(
+                self.entry_keys(requests, Ticket(0, {self.namespace: generation})), False
+            )
         if count:
             self.count(values)
-        return Lookup(values, ticket)
+        # With no miss there is nothing to compute, and no sequence was read.
+        return Lookup(values, Ticket(seq or 0, {self.namespace: generation}))
 
     def store(
         self,

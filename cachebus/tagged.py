@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
-from .codecs import pack_tagged, unpack_tagged
+from .codecs import TaggedEntry, pack_tagged, unpack_tagged
 from .commands import Call, Program
 from .errors import CodecError, ConfigError
 from .keys import Tag
 from .layer import LayerCore
-from .tags import Ticket, valid_entries
+from .tags import Ticket, as_int
 
 V = TypeVar("V")
 
@@ -30,40 +30,48 @@ class TaggedCore(LayerCore, Generic[V]):
 
     def read_entries(
         self, keys: Sequence[str], count: bool, with_calls: Sequence[Call] = ()
-    ) -> Program[tuple[list[V | None], list[Any]]]:
-        """One MGET (sent with ``with_calls``, whose replies are returned too),
-        then one MGET of the stamps of every tag found."""
+    ) -> Program[tuple[list[V | None], list[Any], int | None]]:
+        """One MGET (sent with ``with_calls``, whose replies are returned too), then
+        one MGET of the stamps of every tag found.
+
+        The invalidation sequence is read only when some value is a miss (with
+        the stamps, or in one more round trip if a stamp retired an entry): hits
+        never touch the sequence key, which on a cluster is one hot slot. It is
+        read before the caller computes the misses, as a ticket must be.
+        """
         if not keys:
-            return [], (yield list(with_calls)) if with_calls else []
+            extra: list[Any] = (yield list(with_calls)) if with_calls else []
+            return [], extra, None
         *extra, raw = yield [*with_calls, Call("MGET", tuple(keys))]
-        entries: list[tuple[int, tuple[str, ...]] | None] = []
-        payloads: list[bytes | None] = []
+        entries: list[TaggedEntry | None] = []
         for item in raw:
-            if item is None:
-                entries.append(None)
-                payloads.append(None)
-                continue
             try:
-                entry = unpack_tagged(item)
+                entries.append(None if item is None else unpack_tagged(item))
             except CodecError:
                 entries.append(None)
-                payloads.append(None)
-                continue
-            entries.append((entry.seq, entry.tags))
-            payloads.append(entry.payload)
-        ok = yield from valid_entries(self.keys, entries)
+        tokens = sorted({t for e in entries if e is not None for t in e.tags})
+        want_seq = any(e is None for e in entries)
+        calls = [Call("MGET", tuple(self.keys.stamp(Tag(t)) for t in tokens))] if tokens else []
+        if want_seq:
+            calls.append(Call.of("GET", self.keys.seq()))
+        replies = (yield calls) if calls else []
+        stamps = dict(zip(tokens, (as_int(r) for r in replies[0]), strict=True)) if tokens else {}
+        seq = as_int(replies[-1]) if want_seq else None
         values: list[V | None] = []
-        for good, payload in zip(ok, payloads, strict=True):
+        for entry in entries:
             value: V | None = None
-            if good and payload is not None:
+            if entry is not None and all(stamps.get(t, 0) <= entry.seq for t in entry.tags):
                 try:
-                    value = self.decode_value(payload)
+                    value = self.decode_value(entry.payload)
                 except (CodecError, ValueError):
                     value = None
             values.append(value)
+        if seq is None and any(v is None for v in values):
+            (reply,) = yield [Call.of("GET", self.keys.seq())]
+            seq = as_int(reply)
         if count:
             self.count(values)
-        return values, extra
+        return values, extra, seq
 
     def check_ttl(self, ttl: int | None) -> int:
         ex = ttl or self.default_ttl

@@ -156,18 +156,6 @@ def take_ticket(scheme: KeyScheme, namespaces: Sequence[str] = ()) -> Program[Ti
     return ticket_from(replies, namespaces)
 
 
-def valid_entries(
-    scheme: KeyScheme, entries: Sequence[tuple[int, Sequence[str]] | None]
-) -> Program[list[bool]]:
-    """Check (seq, tag tokens) pairs against the tags' stamps in one round trip."""
-    tokens = sorted({t for e in entries if e is not None for t in e[1]})
-    stamps: dict[str, int] = {}
-    if tokens:
-        (replies,) = yield [Call("MGET", tuple(scheme.stamp(Tag(t)) for t in tokens))]
-        stamps = {t: as_int(r) for t, r in zip(tokens, replies, strict=True)}
-    return [e is not None and all(stamps.get(t, 0) <= e[0] for t in e[1]) for e in entries]
-
-
 @dataclass(frozen=True, slots=True)
 class DocumentInvalidation:
     """What to do to one document's stamp and embeddings.

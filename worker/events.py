@@ -84,6 +84,8 @@ def parse_event(value: bytes | None, *, max_bytes: int) -> DocumentEvent:
                 "invalid_encoding", "a string contains a lone UTF-16 surrogate escape"
             ) from None
     version = data.get("schema_version")
+    if isinstance(version, float) and version.is_integer():
+        version = int(version)  # JSON Schema: 2.0 is the integer 2
     if isinstance(version, int) and not isinstance(version, bool) and version > 1:
         raise InvalidEventError(
             "unsupported_schema_version",
