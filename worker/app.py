@@ -120,6 +120,15 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
         except (RedisError, TimeoutError, OSError):
             return False
 
+    processed: dict[Any, int] = {}
+    """Last processed offset per topic-partition (for the lag gauge)."""
+
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
+    async def report_lag() -> None:
+        # Also while the agent is stuck retrying (Redis down), so the gauge grows.
+        for tp, offset in processed.items():
+            _set_lag(app, tp, offset)
+
     @app.task  # type: ignore[untyped-decorator]
     async def serve_health() -> None:
         if settings.web_port:
@@ -163,7 +172,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
                 os._exit(70)
             for event in events:
                 await manual.ack(event)
-            _observe(app, events, records, out.outcomes, health)
+            _observe(app, events, records, out.outcomes, health, processed)
 
     log.info(
         "worker configured",
@@ -183,6 +192,7 @@ def _observe(
     records: list[SourceRecord],
     outcomes: dict[str, int],
     health: HealthState,
+    processed: dict[Any, int],
 ) -> None:
     import time
 
@@ -193,15 +203,18 @@ def _observe(
     for record in records:
         if record.timestamp_ms:
             metrics.EVENT_LAG_MS.observe(max(0.0, now_ms - record.timestamp_ms))
-    last: dict[Any, int] = {}
     for event in events:
-        last[event.message.tp] = event.message.offset
-    for tp, offset in last.items():
-        highwater = app.consumer.highwater(tp)
-        if highwater is not None:
-            metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwater - offset - 1))
+        processed[event.message.tp] = event.message.offset
+    for tp, offset in processed.items():
+        _set_lag(app, tp, offset)
     health.events += len(records)
     health.last_batch_at = time.time()
+
+
+def _set_lag(app: faust.App, tp: Any, offset: int) -> None:
+    highwater = app.consumer.highwater(tp)
+    if highwater is not None:
+        metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwater - offset - 1))
 
 
 def run(settings: Settings) -> None:
