@@ -34,70 +34,87 @@ TOMBSTONE: Final = 10**18
 """Stamp of a deleted document: above any sequence number (exact in Lua doubles)."""
 
 # Raise stamps (and drop document embeddings) for many entries in one call.
-# KEYS: stamp_1, hash_1, stamp_2, hash_2, ...  (hash_i = stamp_i for a tag with no hash)
-# ARGV: seq, stamp ttl ms, tombstone, then per entry: mode (bump|tomb|revive),
-#       drop (none|all|fields|changed), n, and n arguments: chunk ids (fields) or
-#       chunk id / content hash pairs (changed).
-# Returns new stamp, removed fields, for each entry. On a cluster the caller sends
+# KEYS: stamp_1, hash_1, mark_1, stamp_2, hash_2, mark_2, ...  (for a tag with no hash
+#       or mark, its stamp key stands in)
+# ARGV: seq, stamp ttl ms, tombstone, then per entry: guard version (0: none), mode
+#       (bump|tomb|revive), drop (none|all|fields|changed), n, and n arguments: chunk ids
+#       (fields) or chunk id / content hash pairs (changed).
+# An entry whose high-water mark ("<version>:<event id>") is already at or above its
+# guard version is skipped (another worker applied a newer event meanwhile).
+# Returns new stamp (or 'skipped'), removed fields, for each entry. On a cluster the caller sends
 # one call per hash slot; a document's stamp and embeddings share one.
 STAMPS_SCRIPT: Final = Script("""
 local seq, ttl, tomb = ARGV[1], ARGV[2], ARGV[3]
 local seqn, tombn = tonumber(seq), tonumber(tomb)
 local out = {}
 local a = 4
-for e = 1, #KEYS, 2 do
-  local skey, hkey = KEYS[e], KEYS[e + 1]
-  local mode, drop, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  local first, last = a + 3, a + 2 + n
+for e = 1, #KEYS, 3 do
+  local skey, hkey, mkey = KEYS[e], KEYS[e + 1], KEYS[e + 2]
+  local guard, mode, drop = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
+  local first, last = a + 4, a + 3 + tonumber(ARGV[a + 3])
   a = last + 1
-  local raw = redis.call('GET', skey)
-  local cur = tonumber(raw or '0')
-  local new = raw or '0'
-  if mode == 'tomb' then
-    new = tomb
-  elseif mode == 'revive' and cur >= tombn then
-    new = seq
-  elseif cur < tombn and cur < seqn then
-    new = seq
-  end
-  redis.call('SET', skey, new, 'PX', ttl)
-  local removed = 0
-  if drop == 'all' then
-    removed = redis.call('HLEN', hkey)
-    redis.call('UNLINK', hkey)
-  elseif drop == 'fields' then
-    -- chunk ids, in the fields of every model ('<model>.<version>:<chunk id>')
-    local gone = {}
-    for i = first, last do gone[ARGV[i]] = true end
-    for _, f in ipairs(redis.call('HKEYS', hkey)) do
-      local sep = string.find(f, ':', 1, true)
-      if sep and gone[string.sub(f, sep + 1)] then
-        removed = removed + redis.call('HDEL', hkey, f)
-      end
-    end
-  elseif drop == 'changed' then
-    -- keep a chunk only if the event lists it with the content hash it was
-    -- embedded from (record layout: magic byte, hash length byte, hash, vector)
-    local keep = {}
-    for i = first, last, 2 do keep[ARGV[i]] = ARGV[i + 1] end
-    for _, f in ipairs(redis.call('HKEYS', hkey)) do
-      -- fields are '<model>.<version>:<chunk id>'; the model part has no ':'
-      local sep = string.find(f, ':', 1, true)
-      local want = sep and keep[string.sub(f, sep + 1)]
-      local stale = true
-      if want then
-        local v = redis.call('HGET', hkey, f)
-        local len = string.byte(v, 2)
-        if len and string.sub(v, 3, 2 + len) == want then stale = false end
-      end
-      if stale then removed = removed + redis.call('HDEL', hkey, f) end
+  local skip = false
+  if guard > 0 then
+    local mark = redis.call('GET', mkey)
+    if mark then
+      local done = tonumber(string.match(mark, '^(%d+):'))
+      skip = done ~= nil and done >= guard
     end
   end
-  out[#out + 1] = new
-  out[#out + 1] = removed
+  if skip then
+    out[#out + 1] = 'skipped'
+    out[#out + 1] = 0
+  else
+    local raw = redis.call('GET', skey)
+    local cur = tonumber(raw or '0')
+    local new = raw or '0'
+    if mode == 'tomb' then
+      new = tomb
+    elseif mode == 'revive' and cur >= tombn then
+      new = seq
+    elseif cur < tombn and cur < seqn then
+      new = seq
+    end
+    redis.call('SET', skey, new, 'PX', ttl)
+    local removed = 0
+    if drop == 'all' then
+      removed = redis.call('HLEN', hkey)
+      redis.call('UNLINK', hkey)
+    elseif drop == 'fields' then
+      -- chunk ids, in the fields of every model ('<model>.<version>:<chunk id>')
+      local gone = {}
+      for i = first, last do gone[ARGV[i]] = true end
+      for _, f in ipairs(redis.call('HKEYS', hkey)) do
+        local sep = string.find(f, ':', 1, true)
+        if sep and gone[string.sub(f, sep + 1)] then
+          removed = removed + redis.call('HDEL', hkey, f)
+        end
+      end
+    elseif drop == 'changed' then
+      -- keep a chunk only if the event lists it with the content hash it was
+      -- embedded from (record layout: magic byte, hash length byte, hash, vector)
+      local keep = {}
+      for i = first, last, 2 do keep[ARGV[i]] = ARGV[i + 1] end
+      for _, f in ipairs(redis.call('HKEYS', hkey)) do
+        -- fields are '<model>.<version>:<chunk id>'; the model part has no ':'
+        local sep = string.find(f, ':', 1, true)
+        local want = sep and keep[string.sub(f, sep + 1)]
+        local stale = true
+        if want then
+          local v = redis.call('HGET', hkey, f)
+          local len = string.byte(v, 2)
+          if len and string.sub(v, 3, 2 + len) == want then stale = false end
+        end
+        if stale then removed = removed + redis.call('HDEL', hkey, f) end
+      end
+    end
+    out[#out + 1] = new
+    out[#out + 1] = removed
+  end
 end
 return out
 """)
+
 
 # INCR that never goes below the server clock in microseconds. Sequence numbers
 # and generations thus only move forward even if Redis loses its data (restart
@@ -172,6 +189,9 @@ class DocumentInvalidation:
     mode: Mode = "bump"
     drop: Literal["all", "none", "fields", "changed"] = "all"
     chunks: tuple[str, ...] = ()
+    if_below: int = 0
+    """Apply only while the document's high-water mark is below this version (0: always):
+    the worker's guard against another worker applying a newer event meanwhile."""
 
 
 @dataclass(slots=True)
@@ -182,6 +202,8 @@ class InvalidationReport:
     seq: int = 0
     stamps: dict[str, int] = field(default_factory=dict)
     embeddings_removed: dict[str, int] = field(default_factory=dict)
+    skipped: set[str] = field(default_factory=set)
+    """Documents whose guard tripped (their high-water mark was already reached)."""
     keys_removed: int = 0
     generations: dict[str, int] = field(default_factory=dict)
 
@@ -227,18 +249,20 @@ def invalidate(
     report.generations = {ns: int(r) for ns, r in zip(namespaces, replies, strict=True)}
     if not need_seq:
         return report
-    # Entries: (label, stamp key, hash key, mode, drop, args). A tag has no hash:
-    # its stamp key stands in (same slot), with nothing to drop.
-    entries: list[tuple[str, str, str, str, str, tuple[str, ...]]] = []
+    # Entries: (label, stamp key, hash key, mark key, guard, mode, drop, args). A tag
+    # has no hash or mark: its stamp key stands in (same slot), with nothing to drop.
+    entries: list[tuple[str, str, str, str, int, str, str, tuple[str, ...]]] = []
     for tag in tag_list:
         key = scheme.stamp(tag)
-        entries.append((str(tag), key, key, "bump", "none", ()))
+        entries.append((str(tag), key, key, key, 0, "bump", "none", ()))
     for doc in doc_list:
         entries.append(
             (
                 doc.doc_id,
                 scheme.stamp(Tag.doc(doc.doc_id)),
                 scheme.document_embeddings(doc.doc_id),
+                scheme.hwm(doc.doc_id),
+                doc.if_below,
                 doc.mode,
                 doc.drop,
                 doc.chunks,
@@ -252,14 +276,18 @@ def invalidate(
         keys: list[str] = []
         args: list[Any] = [report.seq, stamp_ttl_ms, TOMBSTONE]
         for i in indexes:
-            _, stamp_key, hash_key, mode, drop, extra = entries[i]
-            keys += [stamp_key, hash_key]
-            args += [mode, drop, len(extra), *extra]
+            _, stamp_key, hash_key, mark_key, guard, mode, drop, extra = entries[i]
+            keys += [stamp_key, hash_key, mark_key]
+            args += [guard, mode, drop, len(extra), *extra]
         calls.append(STAMPS_SCRIPT.call(len(keys), *keys, *args))
     results = yield calls
     for indexes, flat in zip(groups.values(), results, strict=True):
         for n, i in enumerate(indexes):
-            stamp, removed = int(flat[2 * n]), int(flat[2 * n + 1])
+            raw_stamp, removed = flat[2 * n], int(flat[2 * n + 1])
+            if raw_stamp == b"skipped":
+                report.skipped.add(entries[i][0])
+                continue
+            stamp = int(raw_stamp)
             if i < len(tag_list):
                 report.stamps[entries[i][0]] = stamp
             else:

@@ -5,7 +5,7 @@ per-document high-water marks that make re-delivery harmless."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 from cachebus.commands import Call, Script
@@ -122,9 +122,17 @@ class Applier:
         results: list[Applied | None],
     ) -> None:
         plans = [items[i][1] for i in indexes]
+        # Each document's actions are guarded by its high-water mark inside the same
+        # script: a worker that lost its partitions while paused cannot apply an old
+        # event over a newer one the new owner already applied.
+        documents = [
+            replace(p.document, if_below=items[i][0].doc_version)
+            for i, p in zip(indexes, plans, strict=True)
+            if p.document is not None
+        ]
         report = await self.invalidator.invalidate(
             tags=[t for p in plans for t in p.tags],
-            documents=[p.document for p in plans if p.document is not None],
+            documents=documents,
             bump=[ns for p in plans for ns in p.bumps],
         )
         scanned: dict[str, int] = {}
@@ -134,6 +142,12 @@ class Applier:
                     scanned[pattern] = await self.invalidator.scan_delete(pattern)
         for i in indexes:
             event, p = items[i]
+            if event.doc_id in report.skipped:
+                results[i] = Applied(
+                    "skipped_stale",
+                    "another worker applied a newer version of the document meanwhile",
+                )
+                continue
             removed = report.embeddings_removed.get(event.doc_id, 0) if p.document else 0
             generations = {
                 f"search_results:{event.collection}": report.generations[ns] for ns in p.bumps

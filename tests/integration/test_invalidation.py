@@ -220,3 +220,23 @@ def test_scripts_reload_after_script_flush(any_redis) -> None:
     assert report.embeddings_removed == {"d": 1, "e": 0}
     any_redis.script_flush()
     assert bus.document_embeddings("m").set("d", "c", v(), "h") == 1
+
+
+def test_document_guard_skips_when_mark_reached(any_redis) -> None:
+    """A document invalidation guarded by a version is skipped once the document's
+    high-water mark reached it (a newer event was applied meanwhile)."""
+    from cachebus import DocumentInvalidation
+
+    bus = CacheBus(any_redis, S)
+    bus.document_embeddings("m").set("d", "c", v(), "h")
+    any_redis.set(bus.invalidator.core.keys.hwm("d"), b"5:some-event")
+    report = bus.invalidator.invalidate(
+        documents=[DocumentInvalidation("d", "tomb", "all", if_below=5),
+                   DocumentInvalidation("e", "tomb", "all", if_below=5)]
+    )
+    assert report.skipped == {"d"} and "doc:e" in report.stamps
+    assert bus.document_embeddings("m").get("d", "c") is not None  # untouched
+    report = bus.invalidator.invalidate(
+        documents=[DocumentInvalidation("d", "tomb", "all", if_below=6)]
+    )
+    assert report.skipped == set() and bus.document_embeddings("m").get("d", "c") is None
