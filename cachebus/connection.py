@@ -11,9 +11,9 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisClusterException, RedisError
 
-from .errors import CacheUnavailableError
+from .errors import CacheBusError, CacheUnavailableError, PermissionDeniedError
 from .runner import AsyncClient, SyncClient, translate
 from .settings import Settings
 
@@ -33,18 +33,17 @@ def connect(settings: Settings, *, ping: bool = True) -> SyncClient:
             client = redis.cluster.RedisCluster.from_url(settings.redis_url, **kwargs)
         else:
             client = redis.Redis.from_url(settings.redis_url, **kwargs)
-    except RedisError as exc:
-        raise translate(exc) from exc
+    except (RedisError, RedisClusterException) as exc:
+        raise _failure(settings, exc) from exc
     if ping:
         for attempt in range(1, PING_ATTEMPTS + 1):
             try:
                 client.ping()
                 break
-            except RedisError as exc:
-                if attempt == PING_ATTEMPTS:
-                    raise CacheUnavailableError(
-                        f"cannot reach Redis at {_safe(settings.redis_url)}: {exc}"
-                    ) from exc
+            except (RedisError, RedisClusterException) as exc:
+                error = _failure(settings, exc)
+                if attempt == PING_ATTEMPTS or not error.retriable:
+                    raise error from exc
                 log.warning("Redis not reachable yet (attempt %d): %s", attempt, exc)
                 time.sleep(0.2 * 2**attempt)
     return client
@@ -66,14 +65,39 @@ async def connect_async(settings: Settings, *, ping: bool = True) -> AsyncClient
             try:
                 await client.ping()
                 break
-            except RedisError as exc:
-                if attempt == PING_ATTEMPTS:
-                    raise CacheUnavailableError(
-                        f"cannot reach Redis at {_safe(settings.redis_url)}: {exc}"
-                    ) from exc
+            except (RedisError, RedisClusterException) as exc:
+                error = _failure(settings, exc)
+                if attempt == PING_ATTEMPTS or not error.retriable:
+                    raise error from exc
                 log.warning("Redis not reachable yet (attempt %d): %s", attempt, exc)
                 await asyncio.sleep(0.2 * 2**attempt)
     return client
+
+
+def _failure(settings: Settings, exc: Exception) -> CacheBusError:
+    """A connection failure as a cachebus error. Refused credentials and ACL
+    denials are not retriable (a deployment problem): they fail at once."""
+    where = _safe(settings.redis_url)
+    text = str(exc)
+    if (
+        isinstance(exc, AuthenticationError)
+        or isinstance(exc.__cause__, AuthenticationError)
+        or "invalid username-password" in text
+    ):
+        return PermissionDeniedError(
+            f"Redis at {where} refused the credentials (missing or wrong user name or "
+            f"password, or the ACL user is disabled): {exc}"
+        )
+    if isinstance(exc, RedisError):
+        error = translate(exc)
+        if isinstance(error, PermissionDeniedError):
+            return error
+        return CacheUnavailableError(f"cannot reach Redis at {where}: {exc}")
+    hint = ""
+    if "Cluster mode is not enabled" in text:
+        # What redis-py reports when CLUSTER SLOTS is refused, too.
+        hint = " (an ACL user also needs +cluster|slots and +command: see docs/security.md)"
+    return CacheUnavailableError(f"cannot connect to Redis Cluster at {where}: {exc}{hint}")
 
 
 def _safe(url: str) -> str:

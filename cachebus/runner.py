@@ -50,12 +50,21 @@ def check_client(client: AnyClient) -> None:
         )
 
 
+# A refusal inside a Lua script is not NOPERM (Redis 7.0 / 7.2+ wording).
+_SCRIPT_ACL_ERRORS = ("The user executing the script can't", "ACL failure in script")
+
+
 def translate(exc: RedisError) -> Exception:
     """Map redis-py errors into the cachebus hierarchy."""
     if isinstance(exc, NoPermissionError) or (
         isinstance(exc, ResponseError) and str(exc).startswith("NOPERM")
     ):
         return PermissionDeniedError(f"Redis denied the command (check the ACL user): {exc}")
+    if isinstance(exc, ResponseError) and any(s in str(exc) for s in _SCRIPT_ACL_ERRORS):
+        return PermissionDeniedError(
+            "Redis denied a command inside a cachebus Lua script (check the ACL user: "
+            f"scripts run with the caller's permissions): {exc}"
+        )
     return CacheUnavailableError(f"Redis call failed: {exc}")
 
 

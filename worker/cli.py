@@ -158,7 +158,12 @@ async def audit_tail(
 
 # Each module has ``register(subparsers, add_common)`` which adds its subcommand
 # and sets ``run(settings, args) -> exit code`` as the parser default.
-COMMAND_MODULES: tuple[str, ...] = ("worker.replay", "worker.stats", "worker.warm")
+COMMAND_MODULES: tuple[str, ...] = (
+    "worker.replay",
+    "worker.stats",
+    "worker.warm",
+    "worker.acl_cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
