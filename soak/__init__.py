@@ -270,6 +270,8 @@ class AuditChecker:
         """With ``keep_trail``: (timestamp ms, worker, source partition) of every audit."""
         self.expected: set[str] = set()
         self.audit_count: Counter[str] = Counter()
+        self.history: dict[str, list[str]] = {}
+        """event_id -> "outcome@worker" of each of its audits (for diagnostics)."""
         self.applied: set[str] = set()
         self.outcomes: Counter[str] = Counter()
         self.workers: Counter[str] = Counter()
@@ -304,6 +306,9 @@ class AuditChecker:
         self.outcomes[outcome] += 1
         self.workers[worker] += 1
         self.audit_count[event_id] += 1
+        self.history.setdefault(event_id, []).append(
+            f"{outcome}@{worker}: {audit.get('reason') or ''}"
+        )
         if self.audit_count[event_id] > 1:
             self.repeats.append((record.timestamp_ms, worker, outcome))
         self.first_audit_worker.setdefault(event_id, worker)
@@ -454,9 +459,12 @@ async def acollect_audits(
 
         while not checker.all_applied():
             if time.monotonic() > deadline:
-                missing = len(checker.expected - checker.applied)
+                gone = sorted(checker.expected - checker.applied)
+                missing = len(gone)
+                seen = {e: checker.history.get(e, []) for e in gone[:5]}
                 raise TimeoutError(
                     f"{missing} of {len(checker.expected)} events have no applied audit "
+                    f"(their audits: {seen}) "
                     f"after {timeout}s ({checker.total} audits read)"
                 )
             await pump()
