@@ -68,7 +68,7 @@ class Settings:
     """Larger events are dead-lettered (reason ``oversize``)."""
     batch_max: int = 500
     """The worker applies up to this many events per batch."""
-    batch_wait_ms: int = 20
+    batch_wait_ms: int = 5
     """...waiting at most this long to fill a batch."""
     worker_id: str = ""
     web_port: int = 6066
