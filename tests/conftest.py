@@ -193,6 +193,7 @@ def stack(
         redis=redis_server, kafka=kafka_broker, settings=settings, log_dir=tmp_path
     ) as local:
         yield local
+        assert not local.agent_crashes(), local.agent_crashes()
 
 
 @pytest.fixture
@@ -216,3 +217,4 @@ def cluster_stack(
         redis=redis_cluster, kafka=kafka_broker, settings=settings, log_dir=tmp_path
     ) as local:
         yield local
+        assert not local.agent_crashes(), local.agent_crashes()

@@ -140,8 +140,8 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
         proc = await processor()
         manual = stream.noack()
         async for events in manual.noack_take(settings.batch_max, settings.batch_wait_ms / 1000):
-            records = [record_of(e) for e in events]
             try:
+                records = [record_of(e) for e in events]
                 out = await proc.process(records)
                 # The transport producer directly: topic.send's per-message machinery
                 # (channels, FutureMessage) costs more than the whole invalidation.
@@ -156,23 +156,27 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
                 ]
                 await asyncio.gather(*futures)  # delivered to Kafka before any ack
                 await proc.commit(out)  # then the high-water marks
+                for event in events:
+                    await manual.ack(event)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
-                # If the agent raised, faust would restart it past this batch and its
-                # events would never be processed. Stop the process instead: nothing of
-                # this batch is acked, so a restarted worker processes it again.
+                # If the agent raised, faust would restart it past this batch (and the
+                # events buffered behind it) and they would never be processed. Stop the
+                # process instead: nothing unprocessed is acked, so a restarted worker
+                # processes it again.
                 log.critical(
                     "unexpected error; exiting so the batch is re-delivered",
                     error=repr(exc),
-                    first_offset=records[0].offset,
-                    partition=records[0].partition,
+                    first_offset=events[0].message.offset if events else None,
+                    partition=events[0].message.partition if events else None,
                     exc_info=True,
                 )
                 os._exit(70)
-            for event in events:
-                await manual.ack(event)
-            _observe(app, events, records, out.outcomes, health, processed)
+            try:
+                _observe(app, events, records, out.outcomes, health, processed)
+            except Exception as exc:  # metrics must never take the agent down
+                log.warning("metrics update failed", error=repr(exc))
 
     log.info(
         "worker configured",
@@ -212,7 +216,13 @@ def _observe(
 
 
 def _set_lag(app: faust.App, tp: Any, offset: int) -> None:
-    highwater = app.consumer.highwater(tp)
+    """Only for partitions this worker still owns (highwater asserts otherwise)."""
+    try:
+        if tp not in app.consumer.assignment():
+            return
+        highwater = app.consumer.highwater(tp)
+    except Exception:  # metrics must never take the agent down
+        return
     if highwater is not None:
         metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwater - offset - 1))
 

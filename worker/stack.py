@@ -151,6 +151,16 @@ class LocalStack:
     ) -> None:
         self.stop()
 
+    def agent_crashes(self) -> list[str]:
+        """Lines where faust restarted a crashed agent in any worker's log. faust
+        restarts it past its buffered events, so this must never happen."""
+        return [
+            line
+            for w in self.workers
+            for line in w.log_path.read_text("utf-8", "replace").splitlines()
+            if "Crashed reason=" in line
+        ]
+
     # -- workers -------------------------------------------------------------
     def start_worker(
         self, name: str | None = None, *, wait: bool = True, **overrides: Any
