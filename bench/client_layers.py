@@ -96,6 +96,8 @@ class Subject(Protocol):
     name: str
     lossy: bool
     client: redis.Redis
+    key_pattern: str
+    """MATCH pattern of the subject's entries (the library also keeps metrics keys)."""
 
     def set_batch(self, i: int) -> None: ...
 
@@ -114,6 +116,7 @@ class JsonSubject:
         self.name = BASELINE
         self.client = client
         self.cache = LessonEmbeddingCache(client)
+        self.key_pattern = f"{self.cache.prefix}:*"
         self._texts = [data.batch_texts(i) for i in range(data.batches)]
         self._items = [
             list(zip(data.batch_texts(i), data.batch_vectors(i).tolist(), strict=True))
@@ -140,6 +143,7 @@ class CachebusSubject:
         self.name = codec.name
         self.client = client
         self.lossy = dtype != "float32"
+        self.key_pattern = "bench:qe:*"
         self.cache = cachebus.QueryEmbeddingCache(
             client, model="bench", settings=cachebus.Settings(prefix="bench"), codec=codec
         )
@@ -179,6 +183,7 @@ class RedisVLSubject:
         self.name = REDISVL if ttl else REDISVL_NO_TTL
         self.client = client
         self.cache = EmbeddingsCache(name="rvl", ttl=ttl, redis_client=client)
+        self.key_pattern = "rvl:*"
         self._texts = [data.batch_texts(i) for i in range(data.batches)]
         self._items = [
             [
@@ -192,7 +197,8 @@ class RedisVLSubject:
         self.cache.mset(self._items[i])
 
     def get_batch(self, i: int) -> Sequence[Any]:
-        return self.cache.mget(self._texts[i], "bench")
+        got: list[Any] = self.cache.mget(self._texts[i], "bench")
+        return got
 
     def decoded_batch(self, i: int) -> list[Any]:
         return [None if e is None else e["embedding"] for e in self.get_batch(i)]
@@ -219,6 +225,7 @@ class RawSubject:
     def __init__(self, client: redis.Redis, data: Dataset) -> None:
         self.name = RAW
         self.client = client
+        self.key_pattern = "raw:*"
         payloads = cachebus.VectorCodec("float32").encode_many(data.vectors)
         keys = [f"raw:{i}" for i in range(len(payloads))]
         self._keys = [keys[i * BATCH : (i + 1) * BATCH] for i in range(data.batches)]
@@ -345,10 +352,10 @@ return n
 """
 
 
-def _memory(client: redis.Redis) -> tuple[list[int], list[int]]:
+def _memory(client: redis.Redis, pattern: str) -> tuple[list[int], list[int]]:
     """``MEMORY USAGE key SAMPLES 0`` and the stored bytes (``STRLEN``, or a hash's fields and
-    values) of every key in the client's database."""
-    keys = list(client.scan_iter(count=1000))
+    values) of every key matching ``pattern`` in the client's database."""
+    keys = list(client.scan_iter(match=pattern, count=1000))
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.type(key)
@@ -382,8 +389,10 @@ def measure_layers(
     runs: int,
     min_run_seconds: float,
     progress: Progress,
+    between_rounds: Callable[[], None] | None = None,
 ) -> list[LayerResult]:
-    """Prepare every subject, then time them in interleaved rounds."""
+    """Prepare every subject, then time them in interleaved rounds (``between_rounds`` runs
+    after each round: the ceiling is measured in the same rounds, under the same noise)."""
     fidelity = [prepare(s, data, progress) for s in subjects]
     ops: list[tuple[str, Subject, BatchOp]] = []
     for s in subjects:
@@ -395,11 +404,13 @@ def measure_layers(
     for round_no in range(runs):
         for k, (_, _, op) in enumerate(ops):
             rates[k].append(timed_run(op, calls=calls[k], batches=data.batches, batch=BATCH))
+        if between_rounds is not None:
+            between_rounds()
         progress(f"dim {data.dim}: round {round_no + 1}/{runs} done")
     out: list[LayerResult] = []
     for n, s in enumerate(subjects):
         s.check_clean()
-        usage, lengths = _memory(s.client)
+        usage, lengths = _memory(s.client, s.key_pattern)
         if len(usage) != len(data.texts):
             raise BenchError(f"{s.name}: {len(usage)} keys in Redis, expected {len(data.texts)}")
         set_k, get_k = 2 * n, 2 * n + 1

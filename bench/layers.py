@@ -11,7 +11,7 @@ import redis
 import cachebus
 from cachebus.testing import RedisServer
 
-from .ceiling import PIPELINE, CeilingResult, measure_ceiling
+from .ceiling import PIPELINE, CeilingResult, from_runs, run_once
 from .client_layers import (
     BASELINE,
     BATCH,
@@ -20,6 +20,7 @@ from .client_layers import (
     RAW,
     REDISVL,
     REDISVL_NO_TTL,
+    BenchError,
     Dataset,
     LayerResult,
     add_ratios,
@@ -39,7 +40,7 @@ class LayersConfig:
     min_run_seconds: float
     ceiling_clients: tuple[int, ...]
     ceiling_requests: int
-    ceiling_repeats: int
+    """Requests per redis-benchmark invocation; one invocation per client count per round."""
     batch: int = BATCH
 
 
@@ -88,33 +89,37 @@ def run(server: RedisServer, cfg: LayersConfig, progress: Progress) -> dict[str,
     for dim in cfg.dims:
         admin.flushall()
         data = Dataset.make(dim, cfg.working_set)
+        # The float32 entry's size, as cachebus stores it (checked against STRLEN below).
+        value_bytes = len(cachebus.VectorCodec("float32").encode(data.vectors[0]))
+        runs: dict[int, list[dict[str, float]]] = {c: [] for c in cfg.ceiling_clients}
+
+        def ceiling_round(value_bytes: int = value_bytes, runs: dict[int, Any] = runs) -> None:
+            for clients in cfg.ceiling_clients:
+                runs[clients].append(
+                    run_once(server.host, server.port, value_bytes, clients, cfg.ceiling_requests)
+                )
+
+        progress(
+            f"dim {dim}: redis-benchmark GET/SET -d {value_bytes} -P {PIPELINE} -c "
+            f"{'/'.join(map(str, cfg.ceiling_clients))} -n {cfg.ceiling_requests} after "
+            "every round"
+        )
         measured = measure_layers(
             make_subjects(connect, data, peer=peer),
             data,
             runs=cfg.runs,
             min_run_seconds=cfg.min_run_seconds,
             progress=progress,
+            between_rounds=ceiling_round,
         )
         raw[dim] = next(r for r in measured if r.name == RAW)
         results += [r for r in measured if r.name != RAW]
-        admin.flushall()
-        value_bytes = int(raw[dim].value_bytes)  # the float32 entry, as cachebus stores it
-        for clients in cfg.ceiling_clients:
-            progress(
-                f"dim {dim}: redis-benchmark GET/SET -d {value_bytes} -P {PIPELINE} "
-                f"-c {clients} -n {cfg.ceiling_requests} x{cfg.ceiling_repeats}"
-            )
-            ceilings.append(
-                measure_ceiling(
-                    server.host,
-                    server.port,
-                    dim,
-                    value_bytes,
-                    clients,
-                    cfg.ceiling_requests,
-                    cfg.ceiling_repeats,
-                )
-            )
+        if int(raw[dim].value_bytes) != value_bytes:
+            raise BenchError(f"float32 entry is {raw[dim].value_bytes} B, expected {value_bytes}")
+        ceilings += [
+            from_runs(dim, value_bytes, c, cfg.ceiling_requests, runs[c])
+            for c in cfg.ceiling_clients
+        ]
         admin.flushall()
     add_ratios(results)
     return {
@@ -130,7 +135,7 @@ def run(server: RedisServer, cfg: LayersConfig, progress: Progress) -> dict[str,
             "peer_ttl_s": PEER_TTL,
             "ceiling_clients": list(cfg.ceiling_clients),
             "ceiling_requests": cfg.ceiling_requests,
-            "ceiling_repeats": cfg.ceiling_repeats,
+            "ceiling_runs": "one per client count after every timed round",
             "ceiling_pipeline": PIPELINE,
         },
         "results": [r.as_dict() for r in results],

@@ -100,7 +100,8 @@ def _latency(ax: Any, report: dict[str, Any]) -> None:
     phases = sec["phases"]
     labels = [
         ("max" if p["offered_per_s"] is None else f"{p['offered_per_s']:,.0f}/s")
-        + ("\n(tuned)" if p["phase"].startswith("tuned") else "")
+        + (f"\n{p['workers']} workers" if p.get("workers", 1) > 1 else "")
+        + f"\nwait {p.get('batch_wait_ms', '?')} ms"
         for p in phases
     ]
     x = list(range(len(phases)))
@@ -135,15 +136,33 @@ def _flood(ax: Any, report: dict[str, Any]) -> None:
     if flood is None:
         _skip(ax, title, "no flood phase")
         return
+    assert sec is not None
     t = [s[0] for s in flood["samples"]]
     ax.plot(t, [s[1] for s in flood["samples"]], label="produced", color="#444")
-    ax.plot(t, [s[2] for s in flood["samples"]], label="audited (applied)", color="#3bb36b")
     ax.plot(
-        t, [s[3] for s in flood["samples"]], label="committed lag", color="#d83b3b", linestyle="--"
+        t,
+        [s[2] for s in flood["samples"]],
+        label=f"audited, 1 worker ({flood['throughput_per_s']:,.0f}/s)",
+        color="#3bb36b",
     )
+    ax.plot(
+        t,
+        [s[3] for s in flood["samples"]],
+        label="committed lag, 1 worker",
+        color="#d83b3b",
+        linestyle="--",
+    )
+    scaled = next((p for p in sec["phases"] if p["phase"].endswith("-workers")), None)
+    if scaled is not None:
+        ax.plot(
+            [s[0] for s in scaled["samples"]],
+            [s[2] for s in scaled["samples"]],
+            label=f"audited, {scaled['workers']} workers ({scaled['throughput_per_s']:,.0f}/s)",
+            color="#3b7dd8",
+        )
     ax.set_xlabel("seconds since the first send")
     ax.set_ylabel("events")
-    ax.set_title(f"{title}: {flood['throughput_per_s']:,.0f} events/s")
+    ax.set_title(title)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
 

@@ -25,6 +25,7 @@ still written, with the failure in it.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -64,8 +65,7 @@ FULL = Config(
         runs=11,
         min_run_seconds=0.25,
         ceiling_clients=(1, 4),
-        ceiling_requests=300_000,
-        ceiling_repeats=3,
+        ceiling_requests=200_000,
     ),
     invalidation=invalidation.InvalidationConfig(
         sizes=(10_000, 100_000, 1_000_000),
@@ -76,11 +76,12 @@ FULL = Config(
     worker=worker_e2e.WorkerConfig(
         flood_events=100_000,
         loads=(1000, 5000),
-        load_seconds=25,
+        load_seconds=20,
         near_max_fraction=0.8,
-        warmup_events=2000,
+        warmup_events=5000,
         documents=100_000,
-        tuned_wait_ms=5,
+        scale_workers=2,
+        compare_wait_ms=20,
     ),
     fidelity=fidelity.FidelityConfig(passages=5000, queries=500),
     cache_aside=cache_aside.CacheAsideConfig(
@@ -101,7 +102,6 @@ QUICK = Config(
         min_run_seconds=0.03,
         ceiling_clients=(1,),
         ceiling_requests=50_000,
-        ceiling_repeats=1,
     ),
     invalidation=replace(
         FULL.invalidation, sizes=(10_000, 50_000), ours_events=20, lesson_events=(2, 1)
@@ -112,8 +112,9 @@ QUICK = Config(
         loads=(1000,),
         load_seconds=5,
         near_max_fraction=None,
-        warmup_events=500,
-        tuned_wait_ms=None,
+        warmup_events=1000,
+        scale_workers=None,
+        compare_wait_ms=None,
     ),
     fidelity=replace(FULL.fidelity, passages=500, queries=50),
     cache_aside=replace(FULL.cache_aside, queries=2000, vocabulary=500, no_cache_sample=80),
@@ -133,7 +134,7 @@ class Clock:
         print(f"[{self.elapsed:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[Config, str, list[str]]:
+def parse_args(argv: Sequence[str] | None) -> tuple[Config, str, list[str], bool]:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke: about a minute")
     parser.add_argument(
@@ -143,6 +144,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str, list[str]]:
     parser.add_argument("--dims", help="layers: comma-separated dimensions (default 1536,384)")
     parser.add_argument("--runs", type=int, help="layers: timed runs per figure")
     parser.add_argument("--output", help="report path without suffix (.md/.json/.png written)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the sections run now in the existing report (e.g. rerun a noisy "
+        "section: --only worker --merge)",
+    )
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     if args.dims:
@@ -159,7 +166,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str, list[str]]:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     sections = [s for s in SECTIONS if s in chosen and s not in skipped]
-    return cfg, "quick" if args.quick else "full", sections
+    return cfg, "quick" if args.quick else "full", sections, bool(args.merge)
 
 
 def _shown(path: Path) -> str:
@@ -187,8 +194,21 @@ def _runners(
     }
 
 
+def merged(old: dict[str, Any], new: dict[str, Any], sections: list[str]) -> dict[str, Any]:
+    """``old`` with ``sections`` (and their run records) taken from ``new``."""
+    out = dict(old)
+    out["sections"] = {**old.get("sections", {}), **new["sections"]}
+    out["section_runs"] = {**old.get("section_runs", {}), **new["section_runs"]}
+    out["duration_s"] = round(sum(r["seconds"] for r in out["section_runs"].values()), 1)
+    out["reruns"] = [
+        *old.get("reruns", []),
+        {"sections": sections, "started_at": new["started_at"], "machine": new["machine"]},
+    ]
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg, mode, sections = parse_args(argv)
+    cfg, mode, sections, merge = parse_args(argv)
     clock = Clock()
     started = datetime.now(UTC).isoformat(timespec="seconds")
     clock.progress(f"{mode} benchmark: sections {', '.join(sections)}; starting redis-server")
@@ -217,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failed.append(name)
                 clock.progress(f"section {name} FAILED: {exc!r}")
                 result = {"error": repr(exc)[:2000], "traceback": traceback.format_exc()[-4000:]}
+            if isinstance(result, dict) and result.get("errors"):
+                failed.append(name)  # measured, but part of it broke: say so in the exit status
             server.client().flushall()
             report["sections"][name] = result
             report["section_runs"][name] = {
@@ -231,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "output": _shown(stem),
         "sections": sections,
     }
+    if merge and stem.with_suffix(".json").exists():
+        report = merged(json.loads(stem.with_suffix(".json").read_text()), report, sections)
+        clock.progress(f"merged {', '.join(sections)} into {_shown(stem.with_suffix('.json'))}")
     report["figure"] = stem.with_suffix(".png").name
     report["targets"] = [t.as_dict() for t in rep.targets(report)]
     try:

@@ -55,11 +55,15 @@ class WorkerConfig:
     """Also offer this fraction of the flood's sustained rate (None: skip)."""
     warmup_events: int
     documents: int
-    batch_max: int = 500
-    batch_wait_ms: int = 20
+    batch_max: int | None = None
+    """CACHEBUS_BATCH_MAX of the workers (None: the worker's default)."""
+    batch_wait_ms: int | None = None
+    """CACHEBUS_BATCH_WAIT_MS of the workers (None: the worker's default)."""
     partitions: int = 6
     drain_timeout_s: float = 180.0
-    tuned_wait_ms: int | None = None
+    scale_workers: int | None = None
+    """Then start more workers in the same group (this many in all) and flood again."""
+    compare_wait_ms: int | None = None
     """Then restart the worker with this CACHEBUS_BATCH_WAIT_MS and offer the first load
     again (shows what the batch window costs in latency)."""
 
@@ -265,9 +269,11 @@ def latency_summary(lags: Sequence[float]) -> dict[str, float]:
 
 
 class WorkerBench:
-    def __init__(self, stack: Any, worker: Any, cfg: WorkerConfig, progress: Progress) -> None:
+    def __init__(
+        self, stack: Any, workers: list[Any], cfg: WorkerConfig, progress: Progress
+    ) -> None:
         self.stack = stack
-        self.worker = worker
+        self.workers = workers
         self.cfg = cfg
         self.progress = progress
         self.settings: Settings = stack.settings
@@ -296,10 +302,18 @@ class WorkerBench:
             await self.producer.stop()
         await self.probe.stop()
 
+    def _scrape(self) -> dict[str, float]:
+        """The workers' metrics, summed over the workers."""
+        total: dict[str, float] = {}
+        for w in self.workers:
+            for k, v in scrape(w.settings.web_port).items():
+                total[k] = total.get(k, 0.0) + v
+        return total
+
     def _cpu(self) -> dict[str, float]:
         redis_info = self.stack.redis.client().info("cpu")
         return {
-            "worker": proc_cpu_s(self.worker.proc.pid),
+            "worker": sum(proc_cpu_s(w.proc.pid) for w in self.workers),
             "kafka": proc_cpu_s(self.stack.kafka.pid),
             "redis": float(redis_info["used_cpu_sys"]) + float(redis_info["used_cpu_user"]),
             "bench": sum(os.times()[:2]),
@@ -315,10 +329,11 @@ class WorkerBench:
             if time.perf_counter() > deadline:
                 raise BenchError(
                     f"worker: {target - s.audited} events not audited after "
-                    f"{self.cfg.drain_timeout_s:.0f} s\n{self.worker.log_tail()}"
+                    f"{self.cfg.drain_timeout_s:.0f} s\n{self.workers[0].log_tail()}"
                 )
-            if not self.worker.alive:
-                raise BenchError(f"worker exited:\n{self.worker.log_tail()}")
+            for w in self.workers:
+                if not w.alive:
+                    raise BenchError(f"worker {w.name} exited:\n{w.log_tail()}")
             await asyncio.sleep(POLL_S / 2)
 
     async def _monitor(self, samples: list[Sample], stop: asyncio.Event) -> None:
@@ -332,15 +347,17 @@ class WorkerBench:
     ) -> dict[str, Any]:
         """Publish ``events`` (at ``rate``/s, or as fast as possible) and wait until audited."""
         topic = self.settings.events_topic
+        expected = {json.loads(value)["event_id"] for _, value in events}
         await self.audits.mark()
         start_sample = await self.probe.sample()
-        metrics_before = scrape(self.worker.settings.web_port)
+        metrics_before = self._scrape()
         cpu_before = self._cpu()
         samples: list[Sample] = [start_sample]
         stop = asyncio.Event()
         monitor = asyncio.create_task(self._monitor(samples, stop))
         futures = []
         t0 = time.perf_counter()
+        t0_epoch = time.time()
         if rate is None:
             for n, (key, value) in enumerate(events):
                 futures.append(await self.producer.send(topic, value, key=key))
@@ -360,20 +377,41 @@ class WorkerBench:
         acked = time.perf_counter()
         stop.set()
         await monitor
-        t_done = await self._wait_audited(start_sample.audited + len(events), samples)
+        # At-least-once: a rebalance may hand a processed but uncommitted batch to another
+        # worker, which audits it again (skipped_duplicate, or applied again: idempotent).
+        # Wait until every event has an audit; its first audit is when it was applied.
+        target = start_sample.audited + len(events)
+        audits: list[dict[str, Any]] = []
+        first: dict[str, dict[str, Any]] = {}
+        while True:
+            await self._wait_audited(target, samples)
+            for a in await self.audits.read_new():
+                if a.get("collection") != name:
+                    continue
+                audits.append(a)
+                first.setdefault(str(a.get("event_id")), a)
+            missing = len(expected - first.keys())
+            if not missing:
+                break
+            target = samples[-1].audited + missing
         cpu_after = self._cpu()
-        metrics_after = scrape(self.worker.settings.web_port)
-        audits = [a for a in await self.audits.read_new() if a.get("collection") == name]
+        metrics_after = self._scrape()
         outcomes: dict[str, int] = {}
+        by_worker: dict[str, int] = {}
+        applied: set[str] = set()
         for a in audits:
             outcomes[a["outcome"]] = outcomes.get(a["outcome"], 0) + 1
-        if len(audits) != len(events) or outcomes.get("applied", 0) != len(events):
+            by_worker[a["worker_id"]] = by_worker.get(a["worker_id"], 0) + 1
+            if a["outcome"] == "applied":
+                applied.add(str(a["event_id"]))
+        if first.keys() != expected or applied != expected:
             raise BenchError(
                 f"worker phase {name}: {len(audits)} audits for {len(events)} events, "
-                f"outcomes {outcomes}"
+                f"{len(expected - applied)} never applied, outcomes {outcomes}"
             )
-        wall = t_done - t0
-        lags = [float(a["lag_ms"]) for a in audits if a.get("lag_ms") is not None]
+        done_epoch = max(_epoch(first[e]["processed_at"]) for e in expected)
+        wall = max(done_epoch - t0_epoch, 1e-3)
+        lags = [float(a["lag_ms"]) for a in first.values() if a.get("lag_ms") is not None]
         backlog = [s.produced - s.audited for s in samples]
         group_lag = [s.produced - s.committed for s in samples]
         cpu = {k: round(cpu_after[k] - cpu_before[k], 2) for k in cpu_before}
@@ -390,6 +428,10 @@ class WorkerBench:
             "consumer_lag_max": max(group_lag),
             "consumer_lag_mean": round(float(np.mean(group_lag)), 1),
             "outcomes": outcomes,
+            "redelivered": len(audits) - len(expected),
+            "workers": len(self.workers),
+            "batch_wait_ms": self.workers[0].settings.batch_wait_ms,
+            "events_by_worker": by_worker,
             "worker_metrics": metrics_delta(metrics_before, metrics_after),
             "cpu_seconds": cpu,
             "cpu_share_of_wall": {k: round(v / wall, 3) for k, v in cpu.items()},
@@ -420,6 +462,10 @@ class WorkerBench:
         return result
 
 
+def _epoch(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
 def steady_rate(samples: Sequence[Sample], base: int, total: int) -> float:
     """Audits/s between 10% and 90% of the phase's events audited."""
     lo, hi = base + 0.1 * total, base + 0.9 * total
@@ -434,7 +480,7 @@ async def _run_phases(bench: WorkerBench, cfg: WorkerConfig) -> list[dict[str, A
     try:
         phases: list[dict[str, Any]] = []
         bench.progress(f"worker: warm-up with {cfg.warmup_events:,} events")
-        await bench.phase("warmup", bench.factory.make(cfg.warmup_events, "warmup"), 2000.0)
+        await bench.phase("warmup", bench.factory.make(cfg.warmup_events, "warmup"), 1000.0)
         for rate in cfg.loads:
             name = f"load-{rate}"
             count = int(rate * cfg.load_seconds)
@@ -458,12 +504,31 @@ async def _run_phases(bench: WorkerBench, cfg: WorkerConfig) -> list[dict[str, A
         await bench.stop()
 
 
-async def _tuned_phase(bench: WorkerBench, rate: int, seconds: float) -> dict[str, Any]:
+def _failure(name: str, exc: Exception, workers: list[Any], progress: Progress) -> dict[str, str]:
+    """What broke a phase: the exception and the crash lines of workers that died."""
+    dead = []
+    for w in workers:
+        if w.alive:
+            continue
+        lines = w.log_path.read_text("utf-8", "replace").splitlines()
+        crash = [i for i, line in enumerate(lines) if "Crashed reason=" in line]
+        start = crash[0] if crash else max(0, len(lines) - 20)
+        dead.append(
+            f"worker {w.name} exited; its log from the first crash:\n"
+            + "\n".join(lines[start : start + 20])
+        )
+    error = f"{exc!r}"[:1000] + ("\n" + "\n".join(dead) if dead else "")
+    progress(f"worker: phase {name} FAILED: {error[:600]}")
+    return {"phase": name, "error": error}
+
+
+async def _again(bench: WorkerBench, rate: float | None, count: int, name: str) -> dict[str, Any]:
+    """A warm-up (which also lets the group finish rebalancing), then one phase."""
     await bench.start()
     try:
-        await bench.phase("tuned-warmup", bench.factory.make(500, "tuned-warmup"), 1000.0)
-        name = f"tuned-load-{rate}"
-        return await bench.phase(name, bench.factory.make(int(rate * seconds), name), float(rate))
+        warm = f"{name}-warmup"
+        await bench.phase(warm, bench.factory.make(2000, warm), 1000.0)
+        return await bench.phase(name, bench.factory.make(count, name), rate)
     finally:
         await bench.stop()
 
@@ -472,25 +537,51 @@ def run(cfg: WorkerConfig, progress: Progress) -> dict[str, Any]:
     from worker.stack import LocalStack
 
     base = Settings(prefix="bench", topic_partitions=cfg.partitions)
+    batch_max = cfg.batch_max if cfg.batch_max is not None else base.batch_max
+    wait_ms = cfg.batch_wait_ms if cfg.batch_wait_ms is not None else base.batch_wait_ms
     t0 = time.perf_counter()
     progress("worker: starting redis-server, Kafka broker (KRaft) and topics")
     with LocalStack(settings=base) as stack:
         progress(f"worker: stack up in {time.perf_counter() - t0:.1f} s, starting the worker")
-        worker = stack.start_worker(
-            "bench", batch_max=cfg.batch_max, batch_wait_ms=cfg.batch_wait_ms
-        )
+        first = stack.start_worker("bench-1", batch_max=batch_max, batch_wait_ms=wait_ms)
         progress(f"worker: ready ({time.perf_counter() - t0:.1f} s)")
-        bench = WorkerBench(stack, worker, cfg, progress)
+        bench = WorkerBench(stack, [first], cfg, progress)
         phases = asyncio.run(_run_phases(bench, cfg))
-        if cfg.tuned_wait_ms is not None and cfg.loads:
-            worker.stop()
-            progress(f"worker: restarting it with CACHEBUS_BATCH_WAIT_MS={cfg.tuned_wait_ms}")
-            tuned = stack.start_worker(
-                "bench-tuned", batch_max=cfg.batch_max, batch_wait_ms=cfg.tuned_wait_ms
-            )
-            again = WorkerBench(stack, tuned, cfg, progress)
-            again.factory = bench.factory  # versions keep rising per document
-            phases.append(asyncio.run(_tuned_phase(again, cfg.loads[0], cfg.load_seconds)))
+        workers = [first]
+        errors: list[dict[str, str]] = []
+        if cfg.scale_workers and cfg.scale_workers > 1:
+            name = f"flood-{cfg.scale_workers}-workers"
+            progress(f"worker: starting {cfg.scale_workers - 1} more worker(s) in the group")
+            try:
+                workers += [
+                    stack.start_worker(f"bench-{i}", batch_max=batch_max, batch_wait_ms=wait_ms)
+                    for i in range(2, cfg.scale_workers + 1)
+                ]
+                scaled = WorkerBench(stack, workers, cfg, progress)
+                scaled.factory = bench.factory  # versions keep rising per document
+                phases.append(asyncio.run(_again(scaled, None, cfg.flood_events, name)))
+            except Exception as exc:
+                # A worker that dies here is a finding, not a reason to lose the other phases.
+                errors.append(_failure(name, exc, workers, progress))
+        other = cfg.compare_wait_ms
+        if other is not None and other != wait_ms and cfg.loads:
+            for w in workers:
+                w.stop()
+            rate = cfg.loads[0]
+            name = f"wait-{other}ms-load-{rate}"
+            progress(f"worker: one worker again, with CACHEBUS_BATCH_WAIT_MS={other}")
+            started: list[Any] = []
+            try:
+                compare = stack.start_worker(
+                    f"bench-wait-{other}", batch_max=batch_max, batch_wait_ms=other
+                )
+                started.append(compare)
+                again = WorkerBench(stack, [compare], cfg, progress)
+                again.factory = bench.factory
+                count = int(rate * cfg.load_seconds)
+                phases.append(asyncio.run(_again(again, float(rate), count, name)))
+            except Exception as exc:
+                errors.append(_failure(name, exc, started, progress))
         kafka_version = getattr(stack.kafka, "_version", None)
     return {
         "config": {
@@ -499,11 +590,13 @@ def run(cfg: WorkerConfig, progress: Progress) -> dict[str, Any]:
             "load_seconds": cfg.load_seconds,
             "near_max_fraction": cfg.near_max_fraction,
             "documents": cfg.documents,
-            "batch_max": cfg.batch_max,
-            "batch_wait_ms": cfg.batch_wait_ms,
-            "tuned_wait_ms": cfg.tuned_wait_ms,
+            "batch_max": batch_max,
+            "batch_wait_ms": wait_ms,
+            "scale_workers": cfg.scale_workers,
+            "compare_wait_ms": cfg.compare_wait_ms,
             "partitions": cfg.partitions,
             "kafka": str(kafka_version) if kafka_version else None,
         },
         "phases": phases,
+        "errors": errors,
     }
