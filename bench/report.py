@@ -302,21 +302,23 @@ def worker_targets(report: dict[str, Any]) -> list[Target]:
                 f"p50 {t['p50_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms"
             )
         rate = low["offered_per_s"] or 1000
-        stalled = low["backlog_max"] > 0.25 * rate  # more than 250 ms of events queued
+        wait = low.get("batch_wait_ms", sec["config"]["batch_wait_ms"])
+        # More than 250 ms of events queued, or a median far beyond what the window explains.
+        stalled = low["backlog_max"] > 0.25 * rate or lat["p50_ms"] > 2 * wait + 15
         busy = report.get("section_runs", {}).get("worker", {}).get("machine_busy")
         for claim, key, limit in ((claims[1], "p50_ms", 25), (claims[2], "p99_ms", 100)):
             ok = lat[key] <= limit
             if stalled and not ok:
                 why = (
-                    f"the worker fell behind during this phase (backlog up to "
-                    f"{low['backlog_max']:,} events, i.e. a stall, not the batch window; the "
-                    f"machine was {busy or 0:.0%} busy): rerun (--only worker --merge); "
-                    + worker_hint(sec, low)
+                    f"more than the batch window ({wait} ms) explains: the worker fell "
+                    f"behind (backlog up to {low['backlog_max']:,} events) while the machine "
+                    f"was {busy or 0:.0%} busy; rerun when it is quiet (--only worker "
+                    "--merge); " + worker_hint(sec, low)
                 )
             else:
                 why = (
                     f"the batch window: the agent collects events for "
-                    f"CACHEBUS_BATCH_WAIT_MS={sec['config']['batch_wait_ms']} ms before "
+                    f"CACHEBUS_BATCH_WAIT_MS={wait} ms before "
                     f"it applies a batch, then waits for the batch's audits to be "
                     f"delivered before the next; " + worker_hint(sec, low)
                 )
