@@ -218,3 +218,11 @@ def cluster_stack(
     ) as local:
         yield local
         assert not local.agent_crashes(), local.agent_crashes()
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def any_stack(request: pytest.FixtureRequest) -> LocalStack:
+    """The whole stack with a standalone Redis or the 3-primary Redis Cluster."""
+    name = "stack" if request.param == "standalone" else "cluster_stack"
+    stack: LocalStack = request.getfixturevalue(name)
+    return stack
