@@ -242,6 +242,19 @@ def worker_hint(sec: dict[str, Any], phase: Row) -> str:
     )
 
 
+def ceiling_note(ceiling: Row, rate: float) -> str:
+    """The bare faust agent's drain rate next to the worker's."""
+    best = ceiling["best_per_s"]
+    runs = ", ".join(f"{r['per_s']:,.0f}/s" for r in ceiling["runs"])
+    return (
+        f"faust itself, configured as the worker and doing nothing but acknowledge "
+        f"batches, drains {ceiling['events']:,} events at {runs} on this machine (best "
+        f"{best:,.0f}/s{', below the target' if best < 10_000 else ''}): the worker "
+        f"reaches {rate / best:.0%} of its framework's own ceiling, and its per-event "
+        f"work runs in the same Python thread as faust's"
+    )
+
+
 def worker_targets(report: dict[str, Any]) -> list[Target]:
     claims = [
         ">= 10k events/s sustained",
@@ -258,6 +271,7 @@ def worker_targets(report: dict[str, Any]) -> list[Target]:
         rate = flood["throughput_per_s"]
         ok = rate >= 10_000
         why = ""
+        ceiling = sec.get("faust_ceiling")
         if not ok:
             why = worker_hint(sec, flood)
             if flood["cpu_share_of_wall"]["worker"] >= 0.7:
@@ -266,6 +280,8 @@ def worker_targets(report: dict[str, Any]) -> list[Target]:
                     "per-event dispatch, parse/validate/plan, audit JSON, redis-py and aiokafka "
                     "client work; no single hot spot)"
                 )
+            if ceiling:
+                why += "; " + ceiling_note(ceiling, rate)
         failed = [e for e in sec.get("errors", []) if e["phase"].endswith("-workers")]
         if failed:
             why += (
@@ -510,6 +526,14 @@ def worker_md(sec: dict[str, Any]) -> str:
             f"{flood.get('drain_per_s', 0):,.0f}/s once the producer was done.  "
             f"{worker_hint(sec, flood)}.",
         ]
+        ceiling = sec.get("faust_ceiling")
+        if ceiling:
+            lines += [
+                "",
+                "Framework ceiling (`bench/faust_ceiling.py`): "
+                + ceiling_note(ceiling, flood["throughput_per_s"])
+                + ".",
+            ]
     return "\n".join(lines)
 
 

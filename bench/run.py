@@ -115,6 +115,7 @@ QUICK = Config(
         warmup_events=1000,
         scale_workers=None,
         compare_wait_ms=None,
+        ceiling_runs=1,
     ),
     fidelity=replace(FULL.fidelity, passages=500, queries=50),
     cache_aside=replace(FULL.cache_aside, queries=2000, vocabulary=500, no_cache_sample=80),

@@ -38,6 +38,7 @@ import numpy as np
 
 from cachebus.settings import Settings
 
+from . import faust_ceiling
 from .client_layers import BenchError
 
 Progress = Callable[[str], None]
@@ -66,6 +67,9 @@ class WorkerConfig:
     compare_wait_ms: int | None = None
     """Then restart the worker with this CACHEBUS_BATCH_WAIT_MS and offer the first load
     again (shows what the batch window costs in latency)."""
+    ceiling_runs: int = 2
+    """Drain ``flood_events`` with a bare faust agent this many times (0: skip); see
+    :mod:`bench.faust_ceiling`."""
 
 
 def proc_cpu_s(pid: int | None) -> float:
@@ -549,6 +553,22 @@ def run(cfg: WorkerConfig, progress: Progress) -> dict[str, Any]:
         phases = asyncio.run(_run_phases(bench, cfg))
         workers = [first]
         errors: list[dict[str, str]] = []
+        ceiling = None
+        if cfg.ceiling_runs:
+            progress(
+                f"worker: the framework's ceiling: a bare faust agent (the worker's faust "
+                f"settings, acks only) drains {cfg.flood_events:,} events, "
+                f"{cfg.ceiling_runs} time(s)"
+            )
+            try:
+                backlog = EventFactory(cfg.documents, seed=9).make(cfg.flood_events, "ceiling")
+                ceiling = faust_ceiling.run(stack.settings, backlog, cfg.ceiling_runs)
+                progress(
+                    "worker: faust alone: "
+                    + ", ".join(f"{r['per_s']:,.0f}/s" for r in ceiling["runs"])
+                )
+            except Exception as exc:
+                errors.append(_failure("faust-ceiling", exc, [], progress))
         if cfg.scale_workers and cfg.scale_workers > 1:
             name = f"flood-{cfg.scale_workers}-workers"
             progress(f"worker: starting {cfg.scale_workers - 1} more worker(s) in the group")
@@ -594,9 +614,11 @@ def run(cfg: WorkerConfig, progress: Progress) -> dict[str, Any]:
             "batch_wait_ms": wait_ms,
             "scale_workers": cfg.scale_workers,
             "compare_wait_ms": cfg.compare_wait_ms,
+            "ceiling_runs": cfg.ceiling_runs,
             "partitions": cfg.partitions,
             "kafka": str(kafka_version) if kafka_version else None,
         },
         "phases": phases,
+        "faust_ceiling": ceiling,
         "errors": errors,
     }

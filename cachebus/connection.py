@@ -11,14 +11,67 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import AuthenticationError, RedisClusterException, RedisError
 
 from .errors import CacheBusError, CacheUnavailableError, PermissionDeniedError
 from .runner import AsyncClient, SyncClient, translate
 from .settings import Settings
 
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis])
+    _hiredis_pack = None  # type: ignore[assignment]
+
 log = logging.getLogger("cachebus")
 PING_ATTEMPTS = 5
+
+
+class _HiredisPacking:
+    """Packs commands with hiredis, in C. redis-py's sync connections do; its
+    asyncio connections pack in Python, re-joining a growing buffer for every
+    argument, which made packing the worker's batched script calls (thousands of
+    arguments) a fifth of its CPU time. Same bytes on the wire (floats too);
+    anything unusual (a command name with a space, another encoding, an argument
+    type hiredis refuses) takes redis-py's own path and its errors."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        encoder = self.encoder  # type: ignore[attr-defined]
+        name = args[0] if args else None
+        if (
+            _hiredis_pack is not None
+            and isinstance(name, str)
+            and " " not in name
+            and encoder.encoding == "utf-8"
+            and encoder.encoding_errors == "strict"
+        ):
+            try:
+                return [_hiredis_pack(args)]
+            except (TypeError, UnicodeEncodeError):
+                pass
+        packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
+        return packed
+
+
+class _FastConnection(_HiredisPacking, Connection):
+    pass
+
+
+class _FastSSLConnection(_HiredisPacking, SSLConnection):
+    pass
+
+
+class _FastUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
+    pass
+
+
+def _connection_class(url: str) -> type[Connection] | type[UnixDomainSocketConnection]:
+    scheme = url.partition("://")[0].lower()
+    if scheme == "rediss":
+        return _FastSSLConnection
+    if scheme == "unix":
+        return _FastUnixConnection
+    return _FastConnection
 
 
 def connect(settings: Settings, *, ping: bool = True) -> SyncClient:
@@ -59,7 +112,9 @@ async def connect_async(settings: Settings, *, ping: bool = True) -> AsyncClient
     if settings.redis_cluster:
         client = redis.asyncio.cluster.RedisCluster.from_url(settings.redis_url, **kwargs)
     else:
-        client = redis.asyncio.Redis.from_url(settings.redis_url, **kwargs)
+        client = redis.asyncio.Redis.from_url(
+            settings.redis_url, connection_class=_connection_class(settings.redis_url), **kwargs
+        )
     if ping:
         for attempt in range(1, PING_ATTEMPTS + 1):
             try:

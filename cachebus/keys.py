@@ -10,10 +10,10 @@ Layout (prefix ``cb``; ``<x>`` is an encoded part, ``{...}`` a cluster hash tag)
     cb:seq                                   global invalidation sequence (INCR)
     cb:gen:{<ns>}                            namespace generation (version bump)
     cb:stamp:{<tag>}                         tag invalidation stamp
-    cb:qe:<model>:<version>:g<N>:{<sha256>}  query embedding
+    cb:qe:<model>:<version>:g<N>:{<digest>}  query embedding (digest: base64url SHA-256)
     cb:de:{d.<doc>}                          document embeddings (hash: chunk -> vector)
-    cb:sr:<collection>:g<N>:{<sha256>}       search results
-    cb:rr:<model>:{<sha256>}                 rerank scores
+    cb:sr:<collection>:g<N>:{<digest>}       search results
+    cb:rr:<model>:{<digest>}                 rerank scores
     cb:hwm:{d.<doc>}                         worker: document high-water mark
     cb:lease:<rest of an entry key>          herd-control lease (same slot as the entry)
 
@@ -25,6 +25,7 @@ model or collection is not pinned to one slot.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ MAX_PART_CHARS = 1024
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")
+"""What percent-encoding leaves as it is (RFC 3986 unreserved characters)."""
 
 
 def validate_prefix(prefix: str) -> str:
@@ -55,6 +58,8 @@ def encode_part(value: str) -> str:
         raise KeyEncodingError("key part must not be empty")
     if len(value) > MAX_PART_CHARS:
         raise KeyEncodingError(f"key part longer than {MAX_PART_CHARS} characters")
+    if _UNRESERVED.fullmatch(value):
+        return value  # the common case, and what quote() would return
     try:
         return quote(value, safe="", errors="strict")
     except UnicodeEncodeError as exc:
@@ -73,6 +78,15 @@ def escape_glob(text: str) -> str:
 def sha256_hex(data: str | bytes) -> str:
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     return hashlib.sha256(raw).hexdigest()
+
+
+def key_digest(data: str | bytes) -> str:
+    """SHA-256 of content, as it goes into entry keys: unpadded base64url, 43
+    characters (``[A-Za-z0-9_-]``, nothing a glob or hash tag reads) instead of
+    64 hex characters. Keys are a large share of a small entry's memory: at
+    dimension 384 an int8 vector is 400 bytes."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    return base64.urlsafe_b64encode(hashlib.sha256(raw).digest()).rstrip(b"=").decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +148,7 @@ class KeyScheme:
     def query_embedding(self, model: str, model_version: str, generation: int, text: str) -> str:
         return (
             f"{self.prefix}:qe:{encode_part(model)}:{encode_part(model_version)}"
-            f":g{generation}:{{{sha256_hex(text)}}}"
+            f":g{generation}:{{{key_digest(text)}}}"
         )
 
     def document_embeddings(self, doc_id: str) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 
 from .commands import Program
 from .errors import CodecError
-from .keys import Tag, sha256_hex
+from .keys import Tag, key_digest
 from .layer import AsyncShell, SyncShell
 from .lookup import Lookup
 from .runner import AsyncClient, SyncClient
@@ -45,7 +45,7 @@ class RerankScoreCore(TaggedCore[Scores]):
             separators=(",", ":"),
             ensure_ascii=False,
         )
-        return self.keys.rerank_scores(self.model, sha256_hex(body))
+        return self.keys.rerank_scores(self.model, key_digest(body))
 
     def lookup(self, query: str, candidates: Candidates) -> Program[Lookup[Scores]]:
         """Two round trips: the entry, then its tags' stamps (with the sequence for

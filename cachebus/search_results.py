@@ -11,7 +11,7 @@ from typing import Any
 
 from .commands import Call, Program
 from .errors import CodecError, ConfigError
-from .keys import Tag, sha256_hex
+from .keys import Tag, key_digest
 from .layer import AsyncShell, SyncShell
 from .lookup import Lookup, read_through
 from .runner import AsyncClient, SyncClient
@@ -64,7 +64,7 @@ class SearchRequest:
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"search filters must be JSON-serializable: {exc}") from None
-        return sha256_hex(canonical)
+        return key_digest(canonical)
 
 
 Results = list[SearchHit]

@@ -13,8 +13,10 @@ import asyncio
 import os
 import socket
 import tempfile
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, NoReturn
 
 import faust
 import structlog
@@ -27,7 +29,7 @@ from cachebus.settings import Settings
 from . import metrics
 from .applier import Applier
 from .audit import SourceRecord
-from .processor import Processor
+from .processor import Outbound, Processor
 from .rules import Rules, load_rules
 from .web import HealthState, start_web
 
@@ -67,10 +69,37 @@ def record_of(event: EventT[Any]) -> SourceRecord:
     )
 
 
-def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
-    """Build the faust app for these settings."""
-    rules = rules or load_rules(settings.rules_file or None)
-    wid = worker_id(settings)
+MAX_BATCHES_IN_FLIGHT: Final = 3
+"""Batches processed whose audits are not yet delivered (their events unacked)."""
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A processed batch on its way: audits and dead letters sent, not yet acked."""
+
+    events: list[EventT[Any]]
+    records: list[SourceRecord]
+    out: Outbound
+    deliveries: list[Awaitable[Any]]
+
+
+def _exit_unprocessed(exc: BaseException, events: list[EventT[Any]]) -> NoReturn:
+    """If the agent raised, faust would restart it past this batch (and the events
+    buffered behind it) and they would never be processed. Stop the process
+    instead: nothing unprocessed is acked, so a restarted worker processes it again."""
+    log.critical(
+        "unexpected error; exiting so the batch is re-delivered",
+        error=repr(exc),
+        first_offset=events[0].message.offset if events else None,
+        partition=events[0].message.partition if events else None,
+        exc_info=exc,
+    )
+    os._exit(70)
+
+
+def faust_app(settings: Settings, wid: str) -> tuple[faust.App, Any]:
+    """The faust app with the worker's settings and its events topic (raw bytes in:
+    validation against the JSON Schema is ours, at the edge)."""
     datadir = Path(tempfile.gettempdir()) / f"cachebus-faust-{wid}"
     app = faust.App(
         settings.consumer_group,
@@ -88,8 +117,6 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout / 4),
     )
-
-    # Raw bytes in: validation against the JSON Schema is ours, at the edge.
     events_topic = app.topic(
         settings.events_topic,
         key_type=bytes,
@@ -98,6 +125,14 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
         value_serializer="raw",
         partitions=settings.topic_partitions,
     )
+    return app, events_topic
+
+
+def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
+    """Build the faust app for these settings."""
+    rules = rules or load_rules(settings.rules_file or None)
+    wid = worker_id(settings)
+    app, events_topic = faust_app(settings, wid)
     health = HealthState()
     state: dict[str, Any] = {}
 
@@ -139,42 +174,51 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
     async def invalidate(stream: Any) -> None:
         proc = await processor()
         manual = stream.noack()
-        async for events in manual.noack_take(settings.batch_max, settings.batch_wait_ms / 1000):
+        # Batches whose audits are on their way: the agent goes on with the next batch
+        # meanwhile; one task finishes them in order (delivery, marks, acks).
+        in_flight: asyncio.Queue[InFlight] = asyncio.Queue(MAX_BATCHES_IN_FLIGHT)
+        finisher = asyncio.ensure_future(finish(manual, in_flight))
+        try:
+            async for events in manual.noack_take(
+                settings.batch_max, settings.batch_wait_ms / 1000
+            ):
+                try:
+                    records = [record_of(e) for e in events]
+                    out = await proc.process(records)
+                    # The transport producer directly: topic.send's per-message machinery
+                    # (channels, FutureMessage) costs more than the whole invalidation.
+                    producer = app.producer
+                    futures = [
+                        await producer.send(settings.dlq_topic, k, v, None, None, None)
+                        for k, v in out.dead_letters
+                    ]
+                    futures += [
+                        await producer.send(settings.audit_topic, k, v, None, None, None)
+                        for k, v in out.audits
+                    ]
+                    await in_flight.put(InFlight(events, records, out, futures))
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:
+                    _exit_unprocessed(exc, events)
+        finally:
+            finisher.cancel()
+
+    async def finish(manual: Any, in_flight: asyncio.Queue[InFlight]) -> None:
+        proc = await processor()
+        while True:
+            batch = await in_flight.get()
             try:
-                records = [record_of(e) for e in events]
-                out = await proc.process(records)
-                # The transport producer directly: topic.send's per-message machinery
-                # (channels, FutureMessage) costs more than the whole invalidation.
-                producer = app.producer
-                futures = [
-                    await producer.send(settings.dlq_topic, k, v, None, None, None)
-                    for k, v in out.dead_letters
-                ]
-                futures += [
-                    await producer.send(settings.audit_topic, k, v, None, None, None)
-                    for k, v in out.audits
-                ]
-                await asyncio.gather(*futures)  # delivered to Kafka before any ack
-                await proc.commit(out)  # then the high-water marks
-                for event in events:
+                await asyncio.gather(*batch.deliveries)  # delivered to Kafka before any ack
+                await proc.commit(batch.out)  # then the high-water marks
+                for event in batch.events:
                     await manual.ack(event)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
-                # If the agent raised, faust would restart it past this batch (and the
-                # events buffered behind it) and they would never be processed. Stop the
-                # process instead: nothing unprocessed is acked, so a restarted worker
-                # processes it again.
-                log.critical(
-                    "unexpected error; exiting so the batch is re-delivered",
-                    error=repr(exc),
-                    first_offset=events[0].message.offset if events else None,
-                    partition=events[0].message.partition if events else None,
-                    exc_info=True,
-                )
-                os._exit(70)
+                _exit_unprocessed(exc, batch.events)
             try:
-                _observe(app, events, records, out.outcomes, health, processed)
+                _observe(app, batch.events, batch.records, batch.out.outcomes, health, processed)
             except Exception as exc:  # metrics must never take the agent down
                 log.warning("metrics update failed", error=repr(exc))
 

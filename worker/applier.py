@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
+from redis.crc import key_slot
+
 from cachebus.commands import Call, Script
 from cachebus.invalidation import AsyncInvalidator
 from cachebus.keys import KeyScheme
@@ -65,15 +67,28 @@ class Applier:
         self.keys = KeyScheme(settings.prefix)
         self.invalidator = AsyncInvalidator(client, settings=settings)
         self._runner = self.invalidator._runner
+        self._uncommitted: dict[str, tuple[int, str]] = {}
+        """Marks of applied events not yet in Redis (their batch's audits are still
+        in flight): later batches treat them as raised, so a duplicate or older
+        event right behind one is skipped, not applied again."""
 
     async def commit_marks(self, events: Sequence[DocumentEvent]) -> None:
         """Raise the high-water marks of applied events. Called after their audit
         events are delivered, so a crash in between re-applies and re-audits
         them as applied rather than skipping them unaudited."""
-        calls = [
-            HWM_SCRIPT.call(1, self.keys.hwm(e.doc_id), e.doc_version, e.event_id) for e in events
-        ]
-        await self._runner.execute(calls)
+        by_slot: dict[int, tuple[list[str], list[str | int]]] = {}
+        cluster = self._runner.cluster
+        for e in events:
+            key = self.keys.hwm(e.doc_id)
+            keys, args = by_slot.setdefault(key_slot(key.encode()) if cluster else 0, ([], []))
+            keys.append(key)
+            args += (e.doc_version, e.event_id)
+        await self._runner.execute(
+            [HWM_SCRIPT.call(len(keys), *keys, *args) for keys, args in by_slot.values()]
+        )
+        for e in events:
+            if self._uncommitted.get(e.doc_id) == (e.doc_version, e.event_id):
+                del self._uncommitted[e.doc_id]
 
     async def apply(self, items: Sequence[tuple[DocumentEvent, Plan]]) -> list[Applied]:
         """Apply in order (marks are raised later by :meth:`commit_marks`).
@@ -87,6 +102,11 @@ class Applier:
                 [Call("MGET", tuple(self.keys.hwm(d) for d in docs))]
             )
             marks = {d: _parse_hwm(r) for d, r in zip(docs, raw, strict=True)}
+            for d in docs:
+                pending = self._uncommitted.get(d)
+                mark = marks[d]
+                if pending is not None and (mark is None or pending[0] > mark[0]):
+                    marks[d] = pending
 
         # Decide skips in order; later events of one document see earlier ones.
         rounds: list[list[int]] = []
@@ -113,6 +133,10 @@ class Applier:
 
         for indexes in rounds:
             await self._apply_round(items, indexes, results)
+        for (event, _), result in zip(items, results, strict=True):
+            if result is not None and result.outcome == "applied":
+                # In order, so a document's latest applied event wins.
+                self._uncommitted[event.doc_id] = (event.doc_version, event.event_id)
         return [r for r in results if r is not None]
 
     async def _apply_round(

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from .applier import Applied
 from .events import DocumentEvent, peek_fields
 
@@ -54,8 +56,10 @@ def audit_event(
     event: DocumentEvent | None = None,
     applied: Applied | None = None,
     dead_letter_reason: str | None = None,
+    processed_at: str | None = None,
 ) -> dict[str, Any]:
-    """One audit event per input event."""
+    """One audit event per input event (``processed_at``: the batch's time, now
+    when not given)."""
     found: dict[str, str | None]
     if event is not None:
         found = {
@@ -77,7 +81,7 @@ def audit_event(
         "generations_bumped": applied.generations if applied else {},
         "source": record.source(),
         "lag_ms": _lag_ms(record),
-        "processed_at": now_rfc3339(),
+        "processed_at": processed_at or now_rfc3339(),
         "worker_id": worker_id,
         "replay": replay,
     }
@@ -117,4 +121,8 @@ def dead_letter(
 
 
 def to_bytes(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON."""
+    try:
+        return orjson.dumps(document)
+    except TypeError:  # e.g. a lone surrogate: the standard library's error, as before
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

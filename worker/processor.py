@@ -22,7 +22,7 @@ from cachebus.settings import Settings
 
 from . import metrics
 from .applier import Applied, Applier
-from .audit import SourceRecord, audit_event, dead_letter, to_bytes
+from .audit import SourceRecord, audit_event, dead_letter, now_rfc3339, to_bytes
 from .events import DocumentEvent, parse_event
 from .planner import Plan, plan
 from .rules import Rules
@@ -82,10 +82,16 @@ class Processor:
                 self._dead_letter(out, audits, i, record, "processing_error", str(exc))
 
         applied = await self._apply([(e, p) for _, e, p in good])
+        now = now_rfc3339()
         for (i, event, _), result in zip(good, applied, strict=True):
             record = records[i]
             audits[i] = audit_event(
-                record, worker_id=self.worker_id, replay=self.replay, event=event, applied=result
+                record,
+                worker_id=self.worker_id,
+                replay=self.replay,
+                event=event,
+                applied=result,
+                processed_at=now,
             )
             out.outcomes[result.outcome] = out.outcomes.get(result.outcome, 0) + 1
             if result.outcome == "applied":

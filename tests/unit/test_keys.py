@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import fnmatch
+import hashlib
 import re
 
 import pytest
@@ -10,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cachebus.errors import ConfigError, KeyEncodingError
-from cachebus.keys import KeyScheme, Tag, decode_part, encode_part, escape_glob
+from cachebus.keys import KeyScheme, Tag, decode_part, encode_part, escape_glob, key_digest
 from tests.globmatch import redis_glob_match
 
 HOSTILE = ["*", "a*", "[ab]", "x\\", "{t}", "a:b", "a b", "?", "\t\n", "ü/é", "%2A", "}{"]
@@ -86,6 +88,21 @@ class TestKeyScheme:
         keys = KeyScheme("cb")
         tags = {hash_tag(keys.query_embedding("m", "1", 0, f"q{i}")) for i in range(50)}
         assert len(tags) == 50
+
+    def test_query_embedding_key_layout(self) -> None:
+        """The text's SHA-256 as unpadded base64url (43 characters) is the hash tag."""
+        keys = KeyScheme("cb")
+        digest = base64.urlsafe_b64encode(hashlib.sha256("héllo".encode()).digest())
+        assert digest.endswith(b"=")
+        expected = digest.rstrip(b"=").decode()
+        assert len(expected) == 43
+        assert keys.query_embedding("m", "1", 2, "héllo") == f"cb:qe:m:1:g2:{{{expected}}}"
+
+    @given(st.binary(max_size=64) | st.text(max_size=64))
+    def test_key_digest_alphabet(self, data: bytes | str) -> None:
+        """Nothing a glob, a hash tag or a key separator reads; fixed length."""
+        digest = key_digest(data)
+        assert re.fullmatch(r"[A-Za-z0-9_-]{43}", digest)
 
     def test_lease_shares_entry_slot(self) -> None:
         """A lease lives in the same slot as the entry it guards."""
