@@ -5,6 +5,10 @@ Faust traps avoided here (see DESIGN.md): agent concurrency 1;
 ``noack_take`` plus explicit acks after the audit and dead-letter messages are
 delivered (plain ``take`` acks a batch even when the agent raises); Redis
 calls have timeouts; faust's web server and table views are off.
+
+The agent processes a batch and sends its audits; a finisher task waits for their
+delivery, raises the batch's high-water marks and acks it, in order, while the
+agent goes on with the next batch (at most ``MAX_BATCHES_IN_FLIGHT``).
 """
 
 from __future__ import annotations
