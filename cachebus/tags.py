@@ -292,7 +292,7 @@ def invalidate(
                 report.stamps[entries[i][0]] = stamp
             else:
                 doc_id = entries[i][0]
-                report.stamps[str(Tag.doc(doc_id))] = stamp
+                report.stamps[f"doc:{doc_id}"] = stamp  # str(Tag.doc(doc_id))
                 report.embeddings_removed[doc_id] = (
                     report.embeddings_removed.get(doc_id, 0) + removed
                 )

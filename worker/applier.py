@@ -5,7 +5,7 @@ per-document high-water marks that make re-delivery harmless."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from redis.crc import key_slot
@@ -147,13 +147,10 @@ class Applier:
     ) -> None:
         plans = [items[i][1] for i in indexes]
         # Each document's actions are guarded by its high-water mark inside the same
-        # script: a worker that lost its partitions while paused cannot apply an old
-        # event over a newer one the new owner already applied.
-        documents = [
-            replace(p.document, if_below=items[i][0].doc_version)
-            for i, p in zip(indexes, plans, strict=True)
-            if p.document is not None
-        ]
+        # script (the planner sets ``if_below`` to the event's version): a worker that
+        # lost its partitions while paused cannot apply an old event over a newer one
+        # the new owner already applied.
+        documents = [p.document for p in plans if p.document is not None]
         report = await self.invalidator.invalidate(
             tags=[t for p in plans for t in p.tags],
             documents=documents,

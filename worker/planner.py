@@ -72,7 +72,11 @@ def plan(event: DocumentEvent, rules: Rules, keys: KeyScheme) -> Plan:
         actions.append(Action("tag", f"doc:{event.doc_id}", {"why": "race-free drop"}))
     if mode is not None:
         drop = _drop(rule.embeddings, event)
-        document = DocumentInvalidation(event.doc_id, mode, drop, _keep(drop, event))
+        # Guarded by the event's version inside the script: a worker that lost the
+        # partition while paused cannot apply it over a newer one applied meanwhile.
+        document = DocumentInvalidation(
+            event.doc_id, mode, drop, _keep(drop, event), if_below=event.doc_version
+        )
         if drop != "none":
             detail: dict[str, Any] = {"mode": drop}
             if drop == "changed":

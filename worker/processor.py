@@ -67,6 +67,7 @@ class Processor:
         self.worker_id = worker_id
         self.replay = replay
         self.dry_run = dry_run
+        self._debug = settings.log_level.lower() == "debug"
 
     async def process(self, records: Sequence[SourceRecord]) -> Outbound:
         out = Outbound()
@@ -96,14 +97,15 @@ class Processor:
             out.outcomes[result.outcome] = out.outcomes.get(result.outcome, 0) + 1
             if result.outcome == "applied":
                 out.applied.append(event)
-            log.debug(
-                "event processed",
-                outcome=result.outcome,
-                event_id=event.event_id,
-                doc_id=event.doc_id,
-                partition=record.partition,
-                offset=record.offset,
-            )
+            if self._debug:
+                log.debug(
+                    "event processed",
+                    outcome=result.outcome,
+                    event_id=event.event_id,
+                    doc_id=event.doc_id,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
         for i, audit in enumerate(audits):
             if audit is not None:
                 key = records[i].key

@@ -42,7 +42,7 @@ class TestCreated:
         assert result == Plan(
             actions=(Action("revive", "doc:d1"), Action("bump", "search_results:c")),
             tags=(),
-            document=DocumentInvalidation("d1", "revive", "none", ()),
+            document=DocumentInvalidation("d1", "revive", "none", (), if_below=1),
             bumps=(KEYS.search_namespace("c"),),
             scans=(),
         )
@@ -68,7 +68,7 @@ class TestUpdated:
             Action("bump", "search_results:c"),
         )
         assert result.document == DocumentInvalidation(
-            "d1", "bump", "changed", ("c0", "sha256:00", "c1", "sha256:01")
+            "d1", "bump", "changed", ("c0", "sha256:00", "c1", "sha256:01"), if_below=1
         )
         assert result.tags == (Tag.user("t1"), Tag.user("t2"))
         assert result.bumps == ("sr.c",)
@@ -77,18 +77,18 @@ class TestUpdated:
     def test_without_chunks_drops_all(self) -> None:
         """updated without chunks cannot tell what changed, so it drops all embeddings."""
         result = plan(event(event_type="updated"), RULES, KEYS)
-        assert result.document == DocumentInvalidation("d1", "bump", "all", ())
+        assert result.document == DocumentInvalidation("d1", "bump", "all", (), if_below=1)
         assert Action("drop_embeddings", "doc:d1", {"mode": "all"}) in result.actions
 
     def test_chunk_ids_alone_drop_all(self) -> None:
         """chunk_ids without hashes do not allow a selective drop either."""
         result = plan(event(event_type="updated", chunk_ids=["c0", "c1"]), RULES, KEYS)
-        assert result.document == DocumentInvalidation("d1", "bump", "all", ())
+        assert result.document == DocumentInvalidation("d1", "bump", "all", (), if_below=1)
 
     def test_empty_chunks_keep_nothing(self) -> None:
         """chunks: [] means the document has no chunks now: changed mode with nothing kept."""
         result = plan(event(event_type="updated", chunks=[]), RULES, KEYS)
-        assert result.document == DocumentInvalidation("d1", "bump", "changed", ())
+        assert result.document == DocumentInvalidation("d1", "bump", "changed", (), if_below=1)
         assert (
             Action("drop_embeddings", "doc:d1", {"mode": "changed", "chunks_in_event": 0})
             in result.actions
@@ -116,7 +116,7 @@ class TestDeleted:
                 Action("tag", "tag:t1"),
             ),
             tags=(Tag.user("t1"),),
-            document=DocumentInvalidation("d1", "tomb", "all", ()),
+            document=DocumentInvalidation("d1", "tomb", "all", (), if_below=1),
             bumps=(),
             scans=(),
         )
@@ -213,7 +213,7 @@ class TestRulesOff:
         """embeddings = none: the doc is still tagged but no embeddings are dropped."""
         rules = replace(RULES, updated=replace(RULES.updated, embeddings="none"))
         result = plan(event(event_type="updated", chunks=CHUNKS), rules, KEYS)
-        assert result.document == DocumentInvalidation("d1", "bump", "none", ())
+        assert result.document == DocumentInvalidation("d1", "bump", "none", (), if_below=1)
         assert all(a.kind != "drop_embeddings" for a in result.actions)
         assert result.actions[0] == Action("tag", "doc:d1")
 
