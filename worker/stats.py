@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from redis.exceptions import RedisError
 
@@ -166,18 +166,38 @@ def _measure(client: SyncClient, layer: LayerUsage) -> None:
                 layer.sample_bytes += size
 
 
-def used_memory(client: SyncClient) -> int:
-    """INFO used_memory, summed over the primaries of a cluster."""
+def _info(client: SyncClient, section: str) -> list[dict[str, Any]]:
+    """One INFO section per node (the primaries of a cluster)."""
     try:
-        if is_cluster(client):
-            info: Any = client.info("memory", target_nodes=client.PRIMARIES)  # type: ignore[union-attr]
-        else:
-            info = client.info("memory")
+        if not is_cluster(client):
+            return [client.info(section)]
+        info: Any = client.info(section, target_nodes=client.PRIMARIES)  # type: ignore[union-attr]
     except RedisError as exc:
         raise translate(exc) from exc
-    if "used_memory" in info:
-        return int(info["used_memory"])
-    return sum(int(node["used_memory"]) for node in info.values())
+    if info and all(isinstance(v, dict) for v in info.values()):
+        return list(info.values())  # node name -> its section
+    return [info]  # a single primary answered
+
+
+def used_memory(client: SyncClient) -> int:
+    """INFO used_memory, summed over the primaries of a cluster."""
+    return sum(int(node["used_memory"]) for node in _info(client, "memory"))
+
+
+EVICTION_SAFE: Final = "noeviction"
+
+
+def eviction(client: SyncClient) -> dict[str, Any]:
+    """The eviction policies of the nodes and the keys they evicted so far. Any policy
+    but ``noeviction`` may evict a tag stamp, and an evicted stamp loses the
+    invalidation it recorded (docs/operations.md, "Memory policy")."""
+    policies = sorted({str(node["maxmemory_policy"]) for node in _info(client, "memory")})
+    evicted = sum(int(node.get("evicted_keys", 0)) for node in _info(client, "stats"))
+    return {
+        "maxmemory_policy": policies,
+        "evicted_keys": evicted,
+        "stamps_safe": policies == [EVICTION_SAFE] and evicted == 0,
+    }
 
 
 # -- Kafka -------------------------------------------------------------------
@@ -264,6 +284,7 @@ def collect(
         "layers": layers,
         "other_keys": other,
         "redis_used_memory": used_memory(client),
+        "redis_eviction": eviction(client),
         "kafka": None,
     }
     if kafka:
@@ -312,6 +333,16 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"{'other keys under prefix':<25} {report['other_keys']:>10,}")
     lines.append("")
     lines.append(f"redis used_memory {_size(report['redis_used_memory'])}")
+    evict = report.get("redis_eviction")
+    if evict is not None:
+        policy = ", ".join(evict["maxmemory_policy"])
+        lines.append(f"redis maxmemory-policy {policy}, evicted_keys {evict['evicted_keys']:,}")
+        if not evict["stamps_safe"]:
+            lines.append(
+                "WARNING: this Redis can evict (or has evicted) keys; an evicted tag stamp "
+                "loses the invalidation it recorded. Use maxmemory-policy noeviction "
+                "(docs/operations.md, Memory policy)."
+            )
     kafka = report.get("kafka")
     if kafka is None:
         return "\n".join(lines)

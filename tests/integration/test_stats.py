@@ -103,6 +103,36 @@ class TestRedisPart:
         assert report["redis_used_memory"] > 0
         text = stats_command.render(report)
         assert "qe query embeddings" in text and "75.0%" in text
+        assert report["redis_eviction"] == {
+            "maxmemory_policy": ["noeviction"],
+            "evicted_keys": 0,
+            "stamps_safe": True,
+        }
+        assert "maxmemory-policy noeviction, evicted_keys 0" in text
+        assert "WARNING" not in text
+
+    def test_eviction_policy_that_can_evict_stamps_is_flagged(self, any_redis) -> None:
+        """Any policy but noeviction, on any primary, is reported with a warning."""
+        nodes = (
+            [any_redis.get_primaries()[0]]
+            if isinstance(any_redis, redis.cluster.RedisCluster)
+            else [None]
+        )
+
+        def set_policy(policy: str) -> None:
+            for node in nodes:
+                kwargs = {} if node is None else {"target_nodes": node}
+                any_redis.config_set("maxmemory-policy", policy, **kwargs)
+
+        set_policy("allkeys-lru")
+        try:
+            report = stats_command.collect(Settings(prefix=PREFIX), any_redis, kafka=False)
+        finally:
+            set_policy("noeviction")
+        evict = report["redis_eviction"]
+        assert "allkeys-lru" in evict["maxmemory_policy"] and not evict["stamps_safe"]
+        text = stats_command.render(report)
+        assert "WARNING" in text and "noeviction" in text
 
 
 class TestMetricsStore:
