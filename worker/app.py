@@ -14,6 +14,7 @@ agent goes on with the next batch (at most ``MAX_BATCHES_IN_FLIGHT``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import tempfile
@@ -75,6 +76,8 @@ def record_of(event: EventT[Any]) -> SourceRecord:
 
 MAX_BATCHES_IN_FLIGHT: Final = 3
 """Batches processed whose audits are not yet delivered (their events unacked)."""
+DRAIN_SECONDS: Final = 5.0
+"""On stop, how long the agent waits for its batches in flight to finish."""
 
 
 @dataclass(slots=True)
@@ -206,6 +209,10 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
                 except BaseException as exc:
                     _exit_unprocessed(exc, events)
         finally:
+            # Stopping: give the batches already processed (their audits are sent) a
+            # moment to finish, so whoever takes the partitions does not redo them.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(in_flight.join()), DRAIN_SECONDS)
             finisher.cancel()
 
     async def finish(manual: Any, in_flight: asyncio.Queue[InFlight]) -> None:
@@ -221,6 +228,8 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
                 raise
             except BaseException as exc:
                 _exit_unprocessed(exc, batch.events)
+            finally:
+                in_flight.task_done()
             try:
                 _observe(app, batch.events, batch.records, batch.out.outcomes, health, processed)
             except Exception as exc:  # metrics must never take the agent down
