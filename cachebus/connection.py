@@ -33,7 +33,8 @@ class _HiredisPacking:
     argument, which made packing the worker's batched script calls (thousands of
     arguments) a fifth of its CPU time. Same bytes on the wire (floats too);
     anything unusual (a command name with a space, another encoding, an argument
-    type hiredis refuses) takes redis-py's own path and its errors."""
+    type hiredis refuses) takes redis-py's own path and its errors. (Standalone
+    clients only: redis-py's asyncio ``RedisCluster`` takes no connection class.)"""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         encoder = self.encoder  # type: ignore[attr-defined]

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cachebus.errors import InvalidEventError
 from tests.hostile_events import (
@@ -273,3 +275,76 @@ class TestPeekField:
         """peek_field returns a str or None for every corpus case."""
         found = peek_field(value, "event_id")
         assert found is None or isinstance(found, str)
+
+
+# -- the orjson fast path reads exactly what the standard library reads -------------------
+
+
+def _outcome(value: bytes | None) -> Any:
+    try:
+        return parse_event(value, max_bytes=MAX_BYTES)
+    except InvalidEventError as exc:
+        return ("dead letter", exc.reason, exc.detail)
+
+
+def _stdlib_outcome(value: bytes | None, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The same record forced through the standard-library reading (what the worker did
+    before orjson): a pattern that matches every record sends it down the slow path."""
+    import re
+
+    from worker import events
+
+    with monkeypatch.context() as m:
+        m.setattr(events, "_LONG_DIGITS", re.compile(rb"|"))
+        return _outcome(value)
+
+
+def _all_cases() -> list[bytes | None]:
+    from tests.hostile_more import HOSTILE_MORE
+
+    return [value for _, value, _ in HOSTILE] + [case.value for case in HOSTILE_MORE]
+
+
+def test_fast_path_agrees_with_stdlib_on_every_hostile_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Same event or same dead-letter reason for all 234 hostile records. (Details of
+    JSON syntax errors may be worded differently; reasons may not.)"""
+    for value in _all_cases():
+        fast, slow = _outcome(value), _stdlib_outcome(value, monkeypatch)
+        if isinstance(slow, tuple):
+            assert isinstance(fast, tuple) and fast[1] == slow[1], (value, fast, slow)
+        else:
+            assert fast == slow, value
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["event_id", "doc_id", "doc_version", "schema_version", "tags", "x"]),
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**70), max_value=2**70)
+        | st.floats(allow_nan=False)
+        | st.text(max_size=8)
+        | st.lists(st.text(max_size=4), max_size=3),
+    )
+)
+def test_fast_path_agrees_with_stdlib_on_generated_events(overrides: dict[str, Any]) -> None:
+    """Valid events with fields replaced by arbitrary JSON values (huge integers, floats,
+    surrogate-free text): the same outcome either way."""
+    import re
+
+    from worker import events
+
+    value = encode(valid_event(**overrides))
+    fast = _outcome(value)
+    saved = events._LONG_DIGITS
+    events._LONG_DIGITS = re.compile(rb"|")
+    try:
+        slow = _outcome(value)
+    finally:
+        events._LONG_DIGITS = saved
+    if isinstance(slow, tuple):
+        assert isinstance(fast, tuple) and fast[1] == slow[1]
+    else:
+        assert fast == slow
