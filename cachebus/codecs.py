@@ -97,8 +97,16 @@ class VectorCodec:
         return [self.encode(v) for v in vectors]
 
 
+_PLAIN_FLOAT32: dict[bytes, int] = {}
+"""Headers of plain float32 vectors seen (header -> dimension): such a value decodes
+without parsing its header again (the hot path of every float32 cache hit)."""
+
+
 def decode_vector(data: bytes, expect_dim: int | None = None) -> Vector:
     """Decode any vector this module wrote (the header says how). Returns float32."""
+    dim = _PLAIN_FLOAT32.get(data[: _HEADER.size])
+    if dim is not None and len(data) == _HEADER.size + 4 * dim and expect_dim in (None, dim):
+        return np.frombuffer(data, dtype=np.float32, offset=_HEADER.size)
     if len(data) < _HEADER.size:
         raise CodecError("value too short for a vector header")
     magic, fmt, code, flags, dim = _HEADER.unpack_from(data)
@@ -125,6 +133,8 @@ def decode_vector(data: bytes, expect_dim: int | None = None) -> Vector:
         raise CodecError(f"body is {len(body)} bytes, header promises {dim * itemsize}")
     raw = np.frombuffer(body, dtype=np_type)
     if np_type is np.float32:
+        if not flags and len(_PLAIN_FLOAT32) < 64:
+            _PLAIN_FLOAT32[bytes(data[: _HEADER.size])] = dim
         return raw
     if np_type is np.int8:
         return (raw * scale).astype(np.float32)

@@ -25,10 +25,12 @@ model or collection is not pinned to one slot.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import quote, unquote
 
 from .errors import ConfigError, KeyEncodingError
@@ -86,7 +88,11 @@ def key_digest(data: str | bytes) -> str:
     64 hex characters. Keys are a large share of a small entry's memory: at
     dimension 384 an int8 vector is 400 bytes."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    return base64.urlsafe_b64encode(hashlib.sha256(raw).digest()).rstrip(b"=").decode("ascii")
+    encoded = binascii.b2a_base64(hashlib.sha256(raw).digest(), newline=False)
+    return encoded[:43].translate(_URLSAFE).decode("ascii")
+
+
+_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,10 +152,14 @@ class KeyScheme:
 
     # cache entries -------------------------------------------------------
     def query_embedding(self, model: str, model_version: str, generation: int, text: str) -> str:
-        return (
-            f"{self.prefix}:qe:{encode_part(model)}:{encode_part(model_version)}"
-            f":g{generation}:{{{key_digest(text)}}}"
-        )
+        return self.query_embeddings(model, model_version, generation, (text,))[0]
+
+    def query_embeddings(
+        self, model: str, model_version: str, generation: int, texts: Iterable[str]
+    ) -> list[str]:
+        """:meth:`query_embedding` of many texts (the common part built once)."""
+        head = f"{self.prefix}:qe:{encode_part(model)}:{encode_part(model_version)}:g{generation}:"
+        return [f"{head}{{{key_digest(text)}}}" for text in texts]
 
     def document_embeddings(self, doc_id: str) -> str:
         return f"{self.prefix}:de:{{{Tag.doc(doc_id).token}}}"

@@ -74,9 +74,7 @@ class QueryEmbeddingCore(LayerCore):
         return Lookup(values, Ticket(0, {self.namespace: generation}))
 
     def _keys(self, texts: Sequence[str], generation: int) -> list[str]:
-        return [
-            self.keys.query_embedding(self.model, self.model_version, generation, t) for t in texts
-        ]
+        return self.keys.query_embeddings(self.model, self.model_version, generation, texts)
 
     def store(
         self,

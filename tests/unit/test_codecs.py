@@ -144,3 +144,21 @@ class TestEnvelopes:
         data = pack_tagged(5, ["d.a", "d.b"], b"x")
         with pytest.raises(CodecError):
             unpack_tagged(data[:14])
+
+
+def test_plain_float32_fast_path_checks_like_the_header() -> None:
+    """Once a plain float32 header is known, a value with that header decodes without
+    parsing it, but a wrong length or another expected dimension still is no vector."""
+    from cachebus.codecs import CodecError, VectorCodec, decode_vector
+
+    codec = VectorCodec("float32")
+    vec = np.arange(8, dtype=np.float32)
+    data = codec.encode(vec)
+    assert np.array_equal(decode_vector(data), vec)  # learns the header
+    assert np.array_equal(decode_vector(data, 8), vec)  # fast path
+    with pytest.raises(CodecError):
+        decode_vector(data[:-4], 8)  # truncated body
+    with pytest.raises(CodecError):
+        decode_vector(data, 9)  # another dimension expected
+    zipped = VectorCodec("float32", compress=True).encode(vec)
+    assert np.array_equal(decode_vector(zipped), vec)  # zlib never takes the fast path
