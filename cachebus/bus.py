@@ -19,25 +19,30 @@ from .search_results import AsyncSearchResultsCache, SearchResultsCache
 from .settings import Settings
 
 
-def _used_memory(info: Any) -> int:
-    """INFO memory of a node, or (cluster) a mapping of node -> INFO."""
-    if isinstance(info, dict) and "used_memory" in info:
-        return int(info["used_memory"])
-    if isinstance(info, dict):
-        return sum(_used_memory(v) for v in info.values() if isinstance(v, dict))
-    return 0
+def _per_node(info: Any) -> list[dict[str, Any]]:
+    """An INFO reply as one dict per node: a cluster answers node name -> section."""
+    if isinstance(info, dict) and info and all(isinstance(v, dict) for v in info.values()):
+        return list(info.values())
+    return [info] if isinstance(info, dict) else []
 
 
-def _info_memory(client: SyncClient) -> Any:
+def info_per_node(client: SyncClient, section: str) -> list[dict[str, Any]]:
+    """One INFO section per node: the server, or every primary of a cluster."""
     if isinstance(client, RedisCluster):
-        return client.info("memory", target_nodes=RedisCluster.PRIMARIES)
-    return client.info("memory")
+        return _per_node(client.info(section, target_nodes=RedisCluster.PRIMARIES))
+    return _per_node(client.info(section))
 
 
-async def _ainfo_memory(client: AsyncClient) -> Any:
+async def ainfo_per_node(client: AsyncClient, section: str) -> list[dict[str, Any]]:
+    """:func:`info_per_node` on an asyncio client."""
     if isinstance(client, AsyncRedisCluster):
-        return await client.info("memory", target_nodes=AsyncRedisCluster.PRIMARIES)
-    return await client.info("memory")
+        return _per_node(await client.info(section, target_nodes=AsyncRedisCluster.PRIMARIES))
+    return _per_node(await client.info(section))
+
+
+def used_memory(nodes: list[dict[str, Any]]) -> int:
+    """INFO used_memory summed over nodes."""
+    return sum(int(node["used_memory"]) for node in nodes)
 
 
 def _stats(layers: dict[str, list[LayerMetrics]], used_memory: int | None) -> dict[str, Any]:
@@ -102,7 +107,7 @@ class CacheBus:
     def stats(self) -> dict[str, Any]:
         """Hit rate and counters per layer (this process) and Redis memory used."""
         try:
-            used: int | None = _used_memory(_info_memory(self.client))
+            used: int | None = used_memory(info_per_node(self.client, "memory"))
         except RedisError:
             used = None
         return _stats(
@@ -162,7 +167,7 @@ class AsyncCacheBus:
 
     async def stats(self) -> dict[str, Any]:
         try:
-            used: int | None = _used_memory(await _ainfo_memory(self.client))
+            used: int | None = used_memory(await ainfo_per_node(self.client, "memory"))
         except RedisError:
             used = None
         return _stats(

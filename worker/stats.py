@@ -24,6 +24,7 @@ from typing import Any, Final, TextIO
 from redis.exceptions import RedisError
 
 from cachebus import metrics_store
+from cachebus.bus import info_per_node, used_memory
 from cachebus.connection import connect
 from cachebus.keys import KeyScheme
 from cachebus.runner import SyncClient, is_cluster, translate
@@ -169,30 +170,20 @@ def _measure(client: SyncClient, layer: LayerUsage) -> None:
 def _info(client: SyncClient, section: str) -> list[dict[str, Any]]:
     """One INFO section per node (the primaries of a cluster)."""
     try:
-        if not is_cluster(client):
-            return [client.info(section)]
-        info: Any = client.info(section, target_nodes=client.PRIMARIES)  # type: ignore[union-attr]
+        return info_per_node(client, section)
     except RedisError as exc:
         raise translate(exc) from exc
-    if info and all(isinstance(v, dict) for v in info.values()):
-        return list(info.values())  # node name -> its section
-    return [info]  # a single primary answered
-
-
-def used_memory(client: SyncClient) -> int:
-    """INFO used_memory, summed over the primaries of a cluster."""
-    return sum(int(node["used_memory"]) for node in _info(client, "memory"))
 
 
 EVICTION_SAFE: Final = "noeviction"
 
 
-def eviction(client: SyncClient) -> dict[str, Any]:
-    """The eviction policies of the nodes and the keys they evicted so far. Any policy
-    but ``noeviction`` may evict a tag stamp, and an evicted stamp loses the
-    invalidation it recorded (docs/operations.md, "Memory policy")."""
-    policies = sorted({str(node["maxmemory_policy"]) for node in _info(client, "memory")})
-    evicted = sum(int(node.get("evicted_keys", 0)) for node in _info(client, "stats"))
+def eviction(memory: list[dict[str, Any]], stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The eviction policies of the nodes (INFO memory) and the keys they evicted so far
+    (INFO stats). Any policy but ``noeviction`` may evict a tag stamp, and an evicted
+    stamp loses the invalidation it recorded (docs/operations.md, "Memory policy")."""
+    policies = sorted({str(node["maxmemory_policy"]) for node in memory})
+    evicted = sum(int(node.get("evicted_keys", 0)) for node in stats)
     return {
         "maxmemory_policy": policies,
         "evicted_keys": evicted,
@@ -266,6 +257,7 @@ def collect(
     raise; a Kafka failure is reported under ``kafka.error``."""
     usage, other = scan_layers(client, settings.prefix, sample_size=sample_size, progress=progress)
     published = metrics_store.read(client, settings.prefix)
+    memory = _info(client, "memory")
     layers: dict[str, Any] = {}
     for segment, name in LAYERS:
         layer = usage[segment]
@@ -283,8 +275,8 @@ def collect(
         "prefix": settings.prefix,
         "layers": layers,
         "other_keys": other,
-        "redis_used_memory": used_memory(client),
-        "redis_eviction": eviction(client),
+        "redis_used_memory": used_memory(memory),
+        "redis_eviction": eviction(memory, _info(client, "stats")),
         "kafka": None,
     }
     if kafka:
