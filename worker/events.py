@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -15,7 +14,6 @@ from .schemas import validator
 
 EventType = Literal["created", "updated", "deleted"]
 SUPPORTED_SCHEMA_VERSION = 1
-_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +65,16 @@ def parse_event(value: bytes | None, *, max_bytes: int) -> DocumentEvent:
     if len(value) > max_bytes:
         raise InvalidEventError("oversize", f"{len(value)} bytes exceeds the {max_bytes} limit")
     # orjson (strict UTF-8, no lone surrogates, no NaN) on the hot path. What it
-    # refuses, and any record with a run of 19+ digits (orjson reads integers past
-    # 64 bits as floats), is read by the standard library, which names the problem.
-    slow = _LONG_DIGITS.search(value) is not None
-    if not slow:
-        try:
-            data = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            slow = True
+    # refuses is read by the standard library, which names the problem; so is a record
+    # whose version fields came out as floats (orjson reads integers past 64 bits as
+    # floats, and these are the only numbers the worker interprets).
+    try:
+        data = orjson.loads(value)
+        slow = isinstance(data, dict) and (
+            type(data.get("doc_version")) is float or type(data.get("schema_version")) is float
+        )
+    except orjson.JSONDecodeError:
+        slow = True
     if slow:
         data = _slow_loads(value)
     if not isinstance(data, dict):
