@@ -124,7 +124,8 @@ def parse_event(value: bytes | None, *, max_bytes: int) -> DocumentEvent:
 
 
 def _slow_loads(value: bytes) -> Any:
-    """The standard library's reading of a record orjson refused, for the error."""
+    """The standard library's reading: for records orjson refused (it names the
+    problem) and for version fields orjson read as floats."""
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
