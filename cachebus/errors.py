@@ -31,6 +31,18 @@ class CacheUnavailableError(CacheBusError):
     retriable = True
 
 
+class DurabilityError(CacheUnavailableError):
+    """An invalidation reached fewer replicas (WAIT) or fsyncs (WAITAOF) than the
+    settings require before its timeout. It may exist only in one server's memory:
+    the caller must retry it (the worker does, and acks nothing meanwhile)."""
+
+
+class RedisFullError(CacheUnavailableError):
+    """Redis refused a write because it is at ``maxmemory`` under ``noeviction``.
+    Invalidations still took effect by deleting the control keys involved (a miss,
+    never a stale read); the full invalidation is retried."""
+
+
 class PermissionDeniedError(CacheBusError):
     """Redis refused a command for this user (ACL NOPERM): a deployment problem."""
 

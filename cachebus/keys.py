@@ -8,6 +8,8 @@ meaning, its Redis Cluster hash slot, or a pattern's reach.
 Layout (prefix ``cb``; ``<x>`` is an encoded part, ``{...}`` a cluster hash tag)::
 
     cb:seq                                   global invalidation sequence (INCR)
+    cb:epoch:{cb:seq}                        fence epoch (same slot as the sequence)
+    cb:witness:{<tag>}                       per-primary write witness (rollback detection)
     cb:gen:{<ns>}                            namespace generation (version bump)
     cb:stamp:{<tag>}                         tag invalidation stamp
     cb:qe:<model>:<version>:g<N>:{<digest>}  query embedding (digest: base64url SHA-256)
@@ -131,6 +133,17 @@ class KeyScheme:
     # control state -------------------------------------------------------
     def seq(self) -> str:
         return f"{self.prefix}:seq"
+
+    def epoch(self) -> str:
+        """The fence epoch: a random token every entry is written under. It lives in
+        the sequence's hash slot, so whatever loses the sequence loses the epoch too."""
+        return f"{self.prefix}:epoch:{{{self.prefix}:seq}}"
+
+    def witness(self, node_tag: str) -> str:
+        """A counter on one primary (``node_tag`` hashes to a slot it owns), raised
+        after every invalidation there: a value below one seen before means the
+        primary lost writes (restart from old data, failover to a lagging replica)."""
+        return f"{self.prefix}:witness:{{{node_tag}}}"
 
     def stamp(self, tag: Tag) -> str:
         return f"{self.prefix}:stamp:{{{tag.token}}}"

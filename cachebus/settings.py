@@ -35,10 +35,21 @@ class Settings:
     document_embedding_ttl: int = 30 * DAY
     search_results_ttl: int = 10 * 60
     rerank_scores_ttl: int = 10 * 60
-    stamp_ttl: int = DAY
-    """How long a tag's invalidation stamp is kept; tagged entries may not live longer."""
+    stamp_ttl: int = 31 * DAY
+    """How long a tag's invalidation stamp is kept at least (stamps carry no TTL, so no
+    eviction policy but ``allkeys-*`` can pick them; ``cachebus gc`` removes older ones).
+    Every entry TTL plus ``max_ticket_age`` must fit in it."""
     max_ticket_age: float = 600.0
-    """A value computed from a ticket older than this is not written (seconds)."""
+    """A value computed from a ticket older than this (on the Redis server's clock) is
+    not written (seconds)."""
+    durability_replicas: int = 0
+    """Replicas that must hold an invalidation (WAIT) before it counts as done."""
+    durability_fsync: bool = False
+    """Also require the invalidation fsynced to the AOF (WAITAOF; Redis >= 7.2)."""
+    durability_timeout_ms: int = 1000
+    """How long an invalidation waits for its replicas / fsync before it is retried."""
+    fence_check_interval: float = 1.0
+    """Seconds between the worker's checks that no primary lost writes (0: off)."""
     lease_ms: int = 5000
     """Herd control: how long a computing caller holds the lease."""
     lease_wait_ms: int = 3000
@@ -105,15 +116,27 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")
-        for name in ("search_results_ttl", "rerank_scores_ttl"):
-            if getattr(self, name) > self.stamp_ttl:
+        if self.max_ticket_age <= 0:
+            raise ConfigError("max_ticket_age must be a positive number of seconds")
+        for name in STAMPED_TTLS:
+            ttl = getattr(self, name)
+            if ttl + self.max_ticket_age > self.stamp_ttl:
                 raise ConfigError(
-                    f"{name} ({getattr(self, name)} s) exceeds stamp_ttl ({self.stamp_ttl} s): "
-                    "tagged entries must not outlive their tags' invalidation stamps"
+                    f"{name} ({ttl} s) + max_ticket_age ({self.max_ticket_age:g} s) exceeds "
+                    f"stamp_ttl ({self.stamp_ttl} s): an entry could outlive the stamps that "
+                    "guard it; raise stamp_ttl or lower the entry TTL"
                 )
-        if self.max_ticket_age >= self.stamp_ttl:
-            raise ConfigError("max_ticket_age must be shorter than stamp_ttl")
+        if self.durability_replicas < 0:
+            raise ConfigError("durability_replicas must be 0 or more")
+        if self.durability_timeout_ms <= 0:
+            raise ConfigError("durability_timeout_ms must be positive")
+        if self.fence_check_interval < 0:
+            raise ConfigError("fence_check_interval must be 0 (off) or positive")
         return self
+
+
+STAMPED_TTLS = ("search_results_ttl", "rerank_scores_ttl", "document_embedding_ttl")
+"""Entry TTLs of the layers whose reads check tag stamps."""
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:
