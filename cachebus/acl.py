@@ -78,9 +78,10 @@ metadata; granted on standalone servers too so one user works everywhere."""
 INVALIDATION: Final[Mapping[str, str]] = {
     "mget": "read stamps, generations and high-water marks in one round trip",
     "get": "the sequence and generations (tickets); inside the stamp and HWM scripts",
-    "set": "inside the stamp, generation and HWM scripts (clock-floored counters)",
+    "set": "inside the stamp, sequence, generation and HWM scripts; the fence epoch",
     "incr": "inside the generation / sequence script (monotonic counters)",
-    "time": "inside the generation / sequence script (clock floor after a data loss)",
+    "time": "inside the sequence script (clock floor; tickets' age on the server clock)",
+    "exists": "inside the script that re-creates missing stamps",
     "hlen": "inside the stamp script: count a deleted document's embeddings",
     "hkeys": "inside the stamp script: find a document's stale chunk embeddings",
     "hget": "inside the stamp script: compare a chunk's content hash",

@@ -146,27 +146,48 @@ def decode_vector(data: bytes, expect_dim: int | None = None) -> Vector:
 _CHUNK = struct.Struct("<BB")  # magic, content-hash length
 
 
-def pack_chunk(vector_bytes: bytes, content_hash: str | None) -> bytes:
-    """A document chunk's record: its content hash, then its encoded vector."""
+EPOCH_BYTES: Final = 8
+"""Fence epochs are 8 ASCII characters (see :func:`cachebus.tags.new_epoch`)."""
+CHUNK_MAGIC: Final = 0xCC
+"""Chunk records carry the epoch since format 2 (older records read as misses)."""
+
+
+def _epoch_bytes(epoch: str) -> bytes:
+    raw = epoch.encode("ascii")
+    if len(raw) != EPOCH_BYTES:
+        raise CodecError(f"epoch must be {EPOCH_BYTES} ASCII characters")
+    return raw
+
+
+def pack_chunk(vector_bytes: bytes, content_hash: str | None, epoch: str) -> bytes:
+    """A document chunk's record: its content hash, the fence epoch it was written
+    under, then its encoded vector. (The worker's scripts read the content hash at
+    bytes 3.. after its length byte: keep it first.)"""
     digest = (content_hash or "").encode("utf-8")
     if len(digest) > 255:
         raise CodecError("content hash longer than 255 bytes")
-    return _CHUNK.pack(MAGIC, len(digest)) + digest + vector_bytes
+    return _CHUNK.pack(CHUNK_MAGIC, len(digest)) + digest + _epoch_bytes(epoch) + vector_bytes
 
 
-def unpack_chunk(data: bytes) -> tuple[str | None, bytes]:
+def unpack_chunk(data: bytes) -> tuple[str | None, bytes, bytes]:
+    """-> (content hash, epoch, vector bytes)."""
     if len(data) < _CHUNK.size:
         raise CodecError("chunk record too short")
     magic, size = _CHUNK.unpack_from(data)
-    if magic != MAGIC:
+    if magic != CHUNK_MAGIC:
         raise CodecError("not a cachebus chunk record")
-    digest = data[_CHUNK.size : _CHUNK.size + size].decode("utf-8", "replace")
-    return (digest or None), data[_CHUNK.size + size :]
+    start = _CHUNK.size + size
+    if len(data) < start + EPOCH_BYTES:
+        raise CodecError("chunk record too short")
+    digest = data[_CHUNK.size : start].decode("utf-8", "replace")
+    return (digest or None), data[start : start + EPOCH_BYTES], data[start + EPOCH_BYTES :]
 
 
 # -- tagged entries ---------------------------------------------------------
 
-_TAGGED = struct.Struct("<BBQH")  # magic, format, ticket sequence, tag count
+_TAGGED = struct.Struct("<BBQ8sH")  # magic, format, ticket sequence, epoch, tag count
+TAGGED_FORMAT: Final = 2
+"""Tagged entries carry the fence epoch since format 2 (older ones read as misses)."""
 _TAG_LEN = struct.Struct("<H")
 
 
@@ -178,12 +199,13 @@ class TaggedEntry:
     seq: int
     tags: tuple[str, ...]
     payload: bytes
+    epoch: bytes = b""
 
 
-def pack_tagged(seq: int, tags: Sequence[str], payload: bytes) -> bytes:
+def pack_tagged(seq: int, tags: Sequence[str], payload: bytes, epoch: str) -> bytes:
     if len(tags) > 0xFFFF:
         raise CodecError("too many tags on one entry")
-    parts = [_TAGGED.pack(MAGIC, FORMAT, seq, len(tags))]
+    parts = [_TAGGED.pack(MAGIC, TAGGED_FORMAT, seq, _epoch_bytes(epoch), len(tags))]
     for tag in tags:
         raw = tag.encode("ascii")
         parts.append(_TAG_LEN.pack(len(raw)))
@@ -195,8 +217,8 @@ def pack_tagged(seq: int, tags: Sequence[str], payload: bytes) -> bytes:
 def unpack_tagged(data: bytes) -> TaggedEntry:
     if len(data) < _TAGGED.size:
         raise CodecError("tagged entry too short")
-    magic, fmt, seq, count = _TAGGED.unpack_from(data)
-    if magic != MAGIC or fmt != FORMAT:
+    magic, fmt, seq, epoch, count = _TAGGED.unpack_from(data)
+    if magic != MAGIC or fmt != TAGGED_FORMAT:
         raise CodecError("not a cachebus tagged entry")
     offset = _TAGGED.size
     tags = []
@@ -208,4 +230,4 @@ def unpack_tagged(data: bytes) -> TaggedEntry:
             offset += size
     except (struct.error, UnicodeDecodeError) as exc:
         raise CodecError(f"corrupt tag list: {exc}") from None
-    return TaggedEntry(seq, tuple(tags), data[offset:])
+    return TaggedEntry(seq, tuple(tags), data[offset:], epoch)

@@ -3,7 +3,7 @@ operations (replay rebuilds it; tests compare it before and after).
 
 It is: per-document high-water marks, tombstoned (deleted) documents, and the
 namespaces that were version-bumped. Generation and sequence *values* are
-clock-floored counters (see :data:`cachebus.tags.FLOORED_INCR_SCRIPT`): what
+clock-floored counters (see :data:`cachebus.tags.SEQUENCE_SCRIPT`): what
 matters is that they only move forward, not their exact numbers.
 """
 

@@ -5,8 +5,11 @@ All chunks of a document live in one hash ``<prefix>:de:{d.<doc>}`` (field =
 vector of another embedding model is never served), in the same cluster slot as
 the document's stamp. Writes are conditional (one Lua script per document):
 a value computed under a ticket older than the document's last invalidation
-is refused. A read that passes a content hash gets a vector only if the stored
-hash matches, so unchanged chunks are not re-embedded after an update.
+is refused, and so is one whose document stamp is missing (it may have been
+lost) unless the writer saw it missing before reading the sequence it re-creates
+it at. Records carry the fence epoch: a record of another epoch is a miss. A
+read that passes a content hash gets a vector only if the stored hash matches,
+so unchanged chunks are not re-embedded after an update.
 """
 
 from __future__ import annotations
@@ -25,13 +28,19 @@ from .layer import AsyncShell, LayerCore, SyncShell
 from .lookup import Lookup
 from .runner import AsyncClient, SyncClient
 from .settings import Settings
-from .tags import Ticket, as_int, take_ticket
+from .tags import Ticket, prepare_write, take_ticket
 
-# KEYS[1] embeddings hash, KEYS[2] document stamp; ARGV: ticket seq, ttl s, field, value, ...
+# KEYS[1] embeddings hash, KEYS[2] document stamp; ARGV: ticket seq, ttl s, the sequence
+# to re-create a missing stamp at ('0': refuse instead), field, value, ...
 CONDITIONAL_WRITE: Final = Script("""
-local stamp = tonumber(redis.call('GET', KEYS[2]) or '0')
-if stamp > tonumber(ARGV[1]) then return 0 end
-for i = 3, #ARGV, 2 do
+local raw = redis.call('GET', KEYS[2])
+if not raw then
+  if ARGV[3] == '0' then return 0 end
+  redis.call('SET', KEYS[2], ARGV[3])
+  raw = ARGV[3]
+end
+if tonumber(raw) > tonumber(ARGV[1]) then return 0 end
+for i = 4, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -80,20 +89,22 @@ class DocumentEmbeddingCore(LayerCore):
         """The hash field of a chunk (the model part is encoded: no ':')."""
         return self.field_prefix + chunk_id
 
-    def decode(self, raw: bytes | None, want_hash: str | None) -> Vector | None:
-        if raw is None:
+    def decode(
+        self, raw: bytes | None, want_hash: str | None, epoch: bytes | None
+    ) -> Vector | None:
+        if raw is None or epoch is None:
             return None
         try:
-            stored_hash, body = unpack_chunk(raw)
-            if want_hash is not None and stored_hash != want_hash:
+            stored_hash, stored_epoch, body = unpack_chunk(raw)
+            if stored_epoch != epoch or (want_hash is not None and stored_hash != want_hash):
                 return None
             return decode_vector(body, self.dim)
         except CodecError:
             return None
 
     def lookup(self, refs: Sequence[ChunkRef]) -> Program[Lookup[Vector]]:
-        """One round trip (one HMGET per document); a miss adds one to read the
-        sequence for the ticket (hits never touch the sequence key)."""
+        """One round trip (one HMGET per document and the fence epoch); a miss adds
+        one to read the ticket (hits never touch the sequence key)."""
         by_doc: dict[str, list[int]] = {}
         for i, ref in enumerate(refs):
             by_doc.setdefault(ref.doc_id, []).append(i)
@@ -106,17 +117,17 @@ class DocumentEmbeddingCore(LayerCore):
             )
             for d in docs
         ]
-        per_doc = yield calls
+        *per_doc, epoch = yield [*calls, Call.of("GET", self.keys.epoch())]
         values: list[Vector | None] = [None] * len(refs)
         for doc, raws in zip(docs, per_doc, strict=True):
             for i, raw in zip(by_doc[doc], raws, strict=True):
-                values[i] = self.decode(raw, refs[i].content_hash)
+                values[i] = self.decode(raw, refs[i].content_hash, epoch)
         self.count(values)
-        seq = 0
+        # A hit reads no sequence: its ticket (0) cannot vouch for a later computation.
+        ticket = Ticket(0)
         if not values or any(v is None for v in values):  # an empty lookup asks for a ticket
-            (reply,) = yield [Call.of("GET", self.keys.seq())]
-            seq = as_int(reply)
-        return Lookup(values, Ticket(seq))
+            ticket = yield from take_ticket(self.keys)
+        return Lookup(values, ticket)
 
     def store(
         self,
@@ -129,9 +140,15 @@ class DocumentEmbeddingCore(LayerCore):
         if ticket is None:
             ticket = yield from take_ticket(self.keys)
         total = sum(len(c) for c in chunks.values())
-        if ticket.age() > self.settings.max_ticket_age:
+        docs = [d for d, items in chunks.items() if items]
+        check = yield from prepare_write(
+            self.keys, ticket, [Tag.doc(d).token for d in docs], self.settings.max_ticket_age
+        )
+        if not check.allowed:
             self.metrics.writes_refused += total
             return 0
+        # Missing stamps are re-created inside each document's conditional write.
+        recreate = {self.keys.stamp(Tag(t)): check.create_at for t in check.missing}
         ex = ttl or self.settings.document_embedding_ttl
         calls: list[Call] = []
         sizes: list[tuple[int, int]] = []
@@ -141,16 +158,20 @@ class DocumentEmbeddingCore(LayerCore):
             args: list[bytes | str] = []
             nbytes = 0
             for item in items:
-                record = pack_chunk(self.codec.encode(item.vector), item.content_hash)
+                record = pack_chunk(
+                    self.codec.encode(item.vector), item.content_hash, ticket.epoch
+                )
                 nbytes += len(record)
                 args += [self.field(item.chunk_id), record]
+            stamp = self.keys.stamp(Tag.doc(doc_id))
             calls.append(
                 CONDITIONAL_WRITE.call(
                     2,
                     self.keys.document_embeddings(doc_id),
-                    self.keys.stamp(Tag.doc(doc_id)),
+                    stamp,
                     ticket.seq,
                     ex,
+                    recreate.get(stamp, 0),
                     *args,
                 )
             )

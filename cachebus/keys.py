@@ -12,7 +12,7 @@ Layout (prefix ``cb``; ``<x>`` is an encoded part, ``{...}`` a cluster hash tag)
     cb:witness:{<tag>}                       per-primary write witness (rollback detection)
     cb:gen:{<ns>}                            namespace generation (version bump)
     cb:stamp:{<tag>}                         tag invalidation stamp
-    cb:qe:<model>:<version>:g<N>:{<digest>}  query embedding (digest: base64url SHA-256)
+    cb:qe:<model>:<version>:g<N>:e<E>:{<d>}  query embedding (E: fence epoch; d: base64url SHA-256)
     cb:de:{d.<doc>}                          document embeddings (hash: chunk -> vector)
     cb:sr:<collection>:g<N>:{<digest>}       search results
     cb:rr:<model>:{<digest>}                 rerank scores
@@ -164,14 +164,20 @@ class KeyScheme:
         return f"sr.{encode_part(collection)}"
 
     # cache entries -------------------------------------------------------
-    def query_embedding(self, model: str, model_version: str, generation: int, text: str) -> str:
-        return self.query_embeddings(model, model_version, generation, (text,))[0]
+    def query_embedding(
+        self, model: str, model_version: str, generation: int, text: str, epoch: str
+    ) -> str:
+        return self.query_embeddings(model, model_version, generation, (text,), epoch)[0]
 
     def query_embeddings(
-        self, model: str, model_version: str, generation: int, texts: Iterable[str]
+        self, model: str, model_version: str, generation: int, texts: Iterable[str], epoch: str
     ) -> list[str]:
-        """:meth:`query_embedding` of many texts (the common part built once)."""
-        head = f"{self.prefix}:qe:{encode_part(model)}:{encode_part(model_version)}:g{generation}:"
+        """:meth:`query_embedding` of many texts (the common part built once). The
+        fence epoch is part of the key: after a fence, older entries are unreachable."""
+        head = (
+            f"{self.prefix}:qe:{encode_part(model)}:{encode_part(model_version)}"
+            f":g{generation}:e{encode_part(epoch)}:"
+        )
         return [f"{head}{{{key_digest(text)}}}" for text in texts]
 
     def document_embeddings(self, doc_id: str) -> str:

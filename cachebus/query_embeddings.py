@@ -14,7 +14,7 @@ from .layer import AsyncShell, LayerCore, SyncShell
 from .lookup import Lookup, read_through
 from .runner import AsyncClient, SyncClient
 from .settings import Settings
-from .tags import Ticket, as_int
+from .tags import Ticket, as_text, take_ticket
 
 Pairs = Mapping[str, npt.ArrayLike] | Sequence[tuple[str, npt.ArrayLike]]
 
@@ -40,10 +40,12 @@ class QueryEmbeddingCore(LayerCore):
         self.dim = dim
         self.namespace = self.keys.query_namespace(model, model_version)
         self._generation = 0
-        """The generation seen last; a lookup confirms it in the same round trip."""
+        self._epoch = "-"
+        """The generation and fence epoch seen last; a lookup confirms them in the same
+        round trip."""
 
     def entry_keys(self, texts: Sequence[str], ticket: Ticket) -> list[str]:
-        return self._keys(texts, ticket.generations.get(self.namespace, 0))
+        return self._keys(texts, ticket.generations.get(self.namespace, 0), ticket.epoch or "-")
 
     def decode(self, raw: bytes | None) -> Vector | None:
         if raw is None:
@@ -54,27 +56,46 @@ class QueryEmbeddingCore(LayerCore):
             return None  # foreign or mismatched value: a miss, never a crash
 
     def lookup(self, texts: Sequence[str], count: bool = True) -> Program[Lookup[Vector]]:
-        """One round trip in the common case: the namespace generation and the
-        entries under the generation seen last are read in one MGET. Only when a
-        bump changed the generation is a second MGET needed."""
-        gen_key = self.keys.generation(self.namespace)
-        guess = self._generation
-        (raw,) = yield [Call("MGET", (gen_key, *self._keys(texts, guess)))]
-        generation = as_int(raw[0])
-        replies = raw[1:]
-        if generation != guess:
-            self._generation = generation
-            replies = []
-            if texts:
-                (replies,) = yield [Call("MGET", tuple(self._keys(texts, generation)))]
+        """One round trip in the common case: the namespace generation, the fence
+        epoch and the entries under the generation and epoch seen last are read in
+        one MGET. Only when a bump or a fence changed them is a second MGET needed.
+        A missing generation or epoch (lost, evicted) makes every entry a miss; the
+        ticket re-creates it at a value never used before."""
+        guess = (self._generation, self._epoch)
+        (raw,) = yield [
+            Call(
+                "MGET",
+                (
+                    self.keys.generation(self.namespace),
+                    self.keys.epoch(),
+                    *self._keys(texts, *guess),
+                ),
+            )
+        ]
+        replies: list[Any]
+        if raw[0] is None or raw[1] is None:
+            replies = [None] * len(texts)
+            ticket = yield from take_ticket(self.keys, [self.namespace])
+            self._generation, self._epoch = ticket.generations[self.namespace], ticket.epoch
+        else:
+            seen = (int(raw[0]), as_text(raw[1]) or "-")
+            replies = raw[2:]
+            if seen != guess:
+                self._generation, self._epoch = seen
+                replies = []
+                if texts:
+                    (replies,) = yield [Call("MGET", tuple(self._keys(texts, *seen)))]
+            # Query embeddings carry no tags: their ticket is the generation and epoch.
+            ticket = Ticket(0, {self.namespace: seen[0]}, seen[1])
         values = [self.decode(r) for r in replies]
         if count:
             self.count(values)
-        # Query embeddings carry no tags: their ticket is the generation alone.
-        return Lookup(values, Ticket(0, {self.namespace: generation}))
+        return Lookup(values, ticket)
 
-    def _keys(self, texts: Sequence[str], generation: int) -> list[str]:
-        return self.keys.query_embeddings(self.model, self.model_version, generation, texts)
+    def _keys(self, texts: Sequence[str], generation: int, epoch: str) -> list[str]:
+        return self.keys.query_embeddings(
+            self.model, self.model_version, generation, texts, epoch
+        )
 
     def store(
         self,
@@ -85,8 +106,8 @@ class QueryEmbeddingCore(LayerCore):
     ) -> Program[int]:
         """SET ... EX in one round trip; under the ticket's generation."""
         if ticket is None:
-            (gen,) = yield [Call.of("GET", self.keys.generation(self.namespace))]
-            ticket = Ticket(0, {self.namespace: as_int(gen)})
+            ticket = yield from take_ticket(self.keys, [self.namespace])
+            self._generation, self._epoch = ticket.generations[self.namespace], ticket.epoch
         if ticket.age() > self.settings.max_ticket_age:
             self.metrics.writes_refused += len(texts)
             return 0

@@ -50,12 +50,14 @@ class RerankScoreCore(TaggedCore[Scores]):
     def lookup(self, query: str, candidates: Candidates) -> Program[Lookup[Scores]]:
         """Two round trips: the entry, then its tags' stamps (with the sequence for
         the ticket when it is a miss)."""
-        values, _, seq = yield from self.read_entries([self.key(query, candidates)], True)
-        ticket = Ticket(seq or 0)
+        values, _, ticket = yield from self.read_entries([self.key(query, candidates)], True)
         value = values[0]
         if value is not None and len(value) != len(candidates):
             value = None
-        return Lookup([value], ticket)
+            if ticket is None:
+                ticket = yield from take_ticket(self.keys)
+        # A hit reads no sequence: its ticket (0) cannot vouch for a later computation.
+        return Lookup([value], ticket or Ticket(0))
 
     def store(
         self,

@@ -17,7 +17,7 @@ from .lookup import Lookup, read_through
 from .runner import AsyncClient, SyncClient
 from .settings import Settings
 from .tagged import TaggedCore
-from .tags import Ticket, as_int, take_ticket
+from .tags import Ticket, take_ticket
 
 Filters = Mapping[str, Any] | None
 
@@ -102,22 +102,34 @@ class SearchResultsCore(TaggedCore[Results]):
     ) -> Program[Lookup[Results]]:
         """Two round trips in the common case: the generation and the entries under
         the generation seen last in one step, then the tag stamps (and, on a miss,
-        the sequence for the ticket). A bumped generation costs one more."""
+        the ticket). A bumped generation costs one more. A missing generation (lost,
+        evicted) makes every entry a miss; the ticket re-creates it at a value never
+        used before."""
         gen_key = self.keys.generation(self.namespace)
         guess = Ticket(0, {self.namespace: self._generation})
-        values, replies, seq = yield from self.read_entries(
-            self.entry_keys(requests, guess), False, [Call.of("GET", gen_key)]
+        ns = [self.namespace]
+        values, replies, ticket = yield from self.read_entries(
+            self.entry_keys(requests, guess), False, [Call.of("GET", gen_key)], ns
         )
-        generation = as_int(replies[0])
-        if generation != self._generation:
+        generation = None if replies[0] is None else int(replies[0])
+        if generation is None:
+            values = [None] * len(requests)
+            if ticket is None:
+                ticket = yield from take_ticket(self.keys, ns)
+        elif generation != self._generation:
             self._generation = generation
-            values, _, seq = yield from self.read_entries(
-                self.entry_keys(requests, Ticket(0, {self.namespace: generation})), False
+            values, _, ticket = yield from self.read_entries(
+                self.entry_keys(requests, Ticket(0, {self.namespace: generation})), False, (), ns
             )
+        if ticket is not None:
+            self._generation = ticket.generations[self.namespace]
+        else:
+            # With no miss there is nothing to compute, and no sequence was read: a
+            # value computed after this lookup cannot be written under its ticket.
+            ticket = Ticket(0, {self.namespace: self._generation})
         if count:
             self.count(values)
-        # With no miss there is nothing to compute, and no sequence was read.
-        return Lookup(values, Ticket(seq or 0, {self.namespace: generation}))
+        return Lookup(values, ticket)
 
     def store(
         self,

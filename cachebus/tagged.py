@@ -12,7 +12,7 @@ from .commands import Call, Program
 from .errors import CodecError, ConfigError
 from .keys import Tag
 from .layer import LayerCore
-from .tags import Ticket, as_int
+from .tags import Ticket, prepare_write, stamps_valid, take_ticket, ticket_calls, ticket_from
 
 V = TypeVar("V")
 
@@ -29,56 +29,71 @@ class TaggedCore(LayerCore, Generic[V]):
         raise NotImplementedError
 
     def read_entries(
-        self, keys: Sequence[str], count: bool, with_calls: Sequence[Call] = ()
-    ) -> Program[tuple[list[V | None], list[Any], int | None]]:
-        """One MGET (sent with ``with_calls``, whose replies are returned too), then
-        one MGET of the stamps of every tag found.
+        self,
+        keys: Sequence[str],
+        count: bool,
+        with_calls: Sequence[Call] = (),
+        namespaces: Sequence[str] = (),
+    ) -> Program[tuple[list[V | None], list[Any], Ticket | None]]:
+        """One MGET of the entries and the fence epoch (sent with ``with_calls``,
+        whose replies are returned too), then one MGET of the stamps of every tag
+        found.
 
-        The invalidation sequence is read only when some value is a miss (with
-        the stamps, or in one more round trip if a stamp retired an entry): hits
-        never touch the sequence key, which on a cluster is one hot slot. It is
-        read before the caller computes the misses, as a ticket must be.
+        An entry serves only if it was written under the current epoch and every
+        one of its tags has a stamp no higher than the entry's sequence (a missing
+        stamp counts as invalidated: :func:`cachebus.tags.stamps_valid`). When some
+        value is a miss, a ticket (sequence, epoch, server time, the generations of
+        ``namespaces``) is read with the stamps, before the caller computes: hits
+        never touch the sequence key, which on a cluster is one hot slot.
         """
         if not keys:
             extra: list[Any] = (yield list(with_calls)) if with_calls else []
             return [], extra, None
-        *extra, raw = yield [*with_calls, Call("MGET", tuple(keys))]
+        *extra, raw = yield [*with_calls, Call("MGET", (*keys, self.keys.epoch()))]
+        epoch = raw[-1]
         entries: list[TaggedEntry | None] = []
-        for item in raw:
+        for item in raw[:-1]:
             try:
-                entries.append(None if item is None else unpack_tagged(item))
+                entry = None if item is None else unpack_tagged(item)
             except CodecError:
-                entries.append(None)
+                entry = None
+            entries.append(entry if entry is not None and entry.epoch == epoch else None)
         tokens = sorted({t for e in entries if e is not None for t in e.tags})
-        want_seq = any(e is None for e in entries)
+        want_ticket = any(e is None for e in entries)
         calls = [Call("MGET", tuple(self.keys.stamp(Tag(t)) for t in tokens))] if tokens else []
-        if want_seq:
-            calls.append(Call.of("GET", self.keys.seq()))
+        if want_ticket:
+            calls += ticket_calls(self.keys, namespaces)
         replies = (yield calls) if calls else []
-        stamps = dict(zip(tokens, (as_int(r) for r in replies[0]), strict=True)) if tokens else {}
-        seq = as_int(replies[-1]) if want_seq else None
+        stamps: dict[str, int | None] = {}
+        if tokens:
+            stamps = {
+                t: (None if r is None else int(r))
+                for t, r in zip(tokens, replies[0], strict=True)
+            }
+            replies = replies[1:]
+        ticket = ticket_from(replies, namespaces) if want_ticket else None
         values: list[V | None] = []
         for entry in entries:
             value: V | None = None
-            if entry is not None and all(stamps.get(t, 0) <= entry.seq for t in entry.tags):
+            if entry is not None and stamps_valid(stamps, entry.tags, entry.seq):
                 try:
                     value = self.decode_value(entry.payload)
                 except (CodecError, ValueError):
                     value = None
             values.append(value)
-        if seq is None and any(v is None for v in values):
-            (reply,) = yield [Call.of("GET", self.keys.seq())]
-            seq = as_int(reply)
+        if ticket is None and any(v is None for v in values):
+            ticket = yield from take_ticket(self.keys, namespaces)
         if count:
             self.count(values)
-        return values, extra, seq
+        return values, extra, ticket
 
     def check_ttl(self, ttl: int | None) -> int:
         ex = ttl or self.default_ttl
-        if ex > self.settings.stamp_ttl:
+        if ex + self.settings.max_ticket_age > self.settings.stamp_ttl:
             raise ConfigError(
-                f"ttl {ex} s exceeds stamp_ttl {self.settings.stamp_ttl} s: a tagged entry "
-                "must not outlive its tags' invalidation stamps"
+                f"ttl {ex} s + max_ticket_age {self.settings.max_ticket_age:g} s exceeds "
+                f"stamp_ttl {self.settings.stamp_ttl} s: a tagged entry must not outlive "
+                "its tags' invalidation stamps"
             )
         return ex
 
@@ -90,15 +105,24 @@ class TaggedCore(LayerCore, Generic[V]):
         ticket: Ticket,
         ttl: int | None,
     ) -> Program[int]:
+        """SET .. EX of every entry in one round trip, after one that checks the
+        ticket's age on the server clock and finds missing stamps (created with the
+        write, see :func:`cachebus.tags.prepare_write`)."""
         ex = self.check_ttl(ttl)
-        if ticket.age() > self.settings.max_ticket_age:
+        tokens = [sorted({t.token for t in entry_tags}) for entry_tags in tags]
+        every = sorted({t for entry_tokens in tokens for t in entry_tokens})
+        check = yield from prepare_write(self.keys, ticket, every, self.settings.max_ticket_age)
+        if not check.allowed:
             self.metrics.writes_refused += len(keys)
             return 0
         payloads = [
-            pack_tagged(ticket.seq, sorted({t.token for t in entry_tags}), self.encode_value(v))
-            for v, entry_tags in zip(values, tags, strict=True)
+            pack_tagged(ticket.seq, entry_tokens, self.encode_value(v), ticket.epoch)
+            for v, entry_tokens in zip(values, tokens, strict=True)
         ]
-        yield [Call.of("SET", k, p, "EX", ex) for k, p in zip(keys, payloads, strict=True)]
+        yield [
+            *check.create_calls(self.keys),
+            *(Call.of("SET", k, p, "EX", ex) for k, p in zip(keys, payloads, strict=True)),
+        ]
         self.metrics.writes += len(payloads)
         self.metrics.bytes_written += sum(len(p) for p in payloads)
         return len(payloads)

@@ -16,10 +16,17 @@ Race-free tag invalidation (closes the stale-set race):
 Document embeddings share their document's hash tag with its stamp, so their
 writes are refused atomically (Lua) when the stamp is above the ticket, and an
 invalidation raises the stamp and drops the embeddings in one script.
+
+Lost control state costs misses, never stale reads (docs/consistency.md): a
+missing stamp counts as invalidated and is re-created only at a sequence read
+after it was seen missing; a missing generation is re-created at a random value
+(a namespace never used before); every entry is written under the fence epoch,
+which a lost sequence, a lost epoch key or a detected data loss replaces.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +43,7 @@ TOMBSTONE: Final = 10**18
 # Raise stamps (and drop document embeddings) for many entries in one call.
 # KEYS: stamp_1, hash_1, mark_1, stamp_2, hash_2, mark_2, ...  (for a tag with no hash
 #       or mark, its stamp key stands in)
-# ARGV: seq, stamp ttl ms, tombstone, then per entry: guard version (0: none), mode
+# ARGV: seq, tombstone, then per entry: guard version (0: none), mode
 #       (bump|tomb|revive), drop (none|all|fields|changed), n, and n arguments: chunk ids
 #       (fields) or chunk id / content hash pairs (changed).
 # An entry whose high-water mark ("<version>:<event id>") is already at or above its
@@ -44,10 +51,10 @@ TOMBSTONE: Final = 10**18
 # Returns new stamp (or 'skipped'), removed fields, for each entry. On a cluster the caller sends
 # one call per hash slot; a document's stamp and embeddings share one.
 STAMPS_SCRIPT: Final = Script("""
-local seq, ttl, tomb = ARGV[1], ARGV[2], ARGV[3]
+local seq, tomb = ARGV[1], ARGV[2]
 local seqn, tombn = tonumber(seq), tonumber(tomb)
 local out = {}
-local a = 4
+local a = 3
 for e = 1, #KEYS, 3 do
   local skey, hkey, mkey = KEYS[e], KEYS[e + 1], KEYS[e + 2]
   local guard, mode, drop = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
@@ -65,9 +72,11 @@ for e = 1, #KEYS, 3 do
     out[#out + 1] = 'skipped'
     out[#out + 1] = 0
   else
+    -- A missing stamp may have been lost (evicted, rolled back): it is raised like
+    -- any other, never re-created below the sequence. Stamps carry no TTL.
     local raw = redis.call('GET', skey)
     local cur = tonumber(raw or '0')
-    local new = raw or '0'
+    local new = raw or seq
     if mode == 'tomb' then
       new = tomb
     elseif mode == 'revive' and cur >= tombn then
@@ -75,7 +84,7 @@ for e = 1, #KEYS, 3 do
     elseif cur < tombn and cur < seqn then
       new = seq
     end
-    redis.call('SET', skey, new, 'PX', ttl)
+    redis.call('SET', skey, new)
     local removed = 0
     if drop == 'all' then
       removed = redis.call('HLEN', hkey)
@@ -116,21 +125,86 @@ return out
 """)
 
 
-# INCR that never goes below the server clock in microseconds. Sequence numbers
-# and generations thus only move forward even if Redis loses its data (restart
-# without persistence, failover): tickets and keys from before the loss can never
-# be mistaken for newer ones after it. KEYS[1] the counter.
-FLOORED_INCR_SCRIPT: Final = Script("""
+# The sequence, the fence epoch and the server clock in one call on the sequence's
+# node. KEYS: seq, epoch. ARGV: '1' to INCR (an invalidation) or '0' (a ticket), a
+# fresh random epoch. The sequence never goes below the server clock in
+# microseconds, so after a loss it restarts above the stamps it left behind (a
+# recovery aid only: no guarantee depends on clocks). A missing sequence means it
+# was lost with whatever it guarded, so the epoch is replaced (every entry written
+# before becomes a miss); a missing epoch is created. Returns seq, epoch, time (µs).
+SEQUENCE_SCRIPT: Final = Script("""
 local t = redis.call('TIME')
-local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local v = redis.call('INCR', KEYS[1])
-if v < floor then
-  local s = string.format('%.0f', floor)
-  redis.call('SET', KEYS[1], s)
-  return s
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local raw = redis.call('GET', KEYS[1])
+local epoch = redis.call('GET', KEYS[2])
+local seq
+if not raw then
+  seq = now
+  redis.call('SET', KEYS[1], string.format('%.0f', seq))
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[2], epoch)
+elseif ARGV[1] == '1' then
+  seq = redis.call('INCR', KEYS[1])
+  if seq < now then
+    seq = now
+    redis.call('SET', KEYS[1], string.format('%.0f', seq))
+  end
+else
+  seq = tonumber(raw)
+end
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[2], epoch)
+end
+return {string.format('%.0f', seq), epoch, string.format('%.0f', now)}
+""")
+
+# A namespace generation. KEYS[1] the generation. ARGV: 'bump' or 'get', a random
+# value. A missing generation (never used, evicted, lost) is set to the random value,
+# which lies above anything a clock-floored counter reaches: its keys were never
+# written. Values stay below 2^53, exact in Lua numbers. Returns the generation.
+GENERATION_SCRIPT: Final = Script("""
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return ARGV[2]
+end
+if ARGV[1] == 'bump' then
+  redis.call('INCR', KEYS[1])
+  return redis.call('GET', KEYS[1])
 end
 return v
 """)
+
+# Create missing stamps. KEYS: stamps; ARGV[1]: a sequence read after each of them
+# was seen missing. A stamp present by now is left alone.
+CREATE_STAMPS_SCRIPT: Final = Script("""
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then redis.call('SET', KEYS[i], ARGV[1]) end
+end
+return 1
+""")
+
+
+def new_epoch() -> str:
+    """A fresh fence epoch: 8 URL-safe characters (48 random bits)."""
+    return secrets.token_urlsafe(6)
+
+
+def new_generation() -> int:
+    """A generation for a namespace whose counter is missing: random in [2^52, 2^53)."""
+    return (1 << 52) + secrets.randbelow(1 << 52)
+
+
+def sequence_call(scheme: KeyScheme, *, incr: bool) -> Call:
+    return SEQUENCE_SCRIPT.call(2, scheme.seq(), scheme.epoch(), "1" if incr else "0", new_epoch())
+
+
+def generation_call(scheme: KeyScheme, namespace: str, *, bump: bool) -> Call:
+    return GENERATION_SCRIPT.call(
+        1, scheme.generation(namespace), "bump" if bump else "get", new_generation()
+    )
+
 
 Mode = Literal["bump", "tomb", "revive"]
 
@@ -139,12 +213,16 @@ Mode = Literal["bump", "tomb", "revive"]
 class Ticket:
     """Taken before computing a value; the value is written under it.
 
-    ``seq`` is the invalidation sequence at that moment and ``generations``
-    the namespace generations the value's key uses.
+    ``seq`` is the invalidation sequence at that moment, ``generations`` the
+    namespace generations the value's key uses, ``epoch`` the fence epoch, and
+    ``server_time_us`` the Redis server's clock (0: not read; the age is then
+    measured on this process's monotonic clock).
     """
 
     seq: int
     generations: Mapping[str, int] = field(default_factory=dict)
+    epoch: str = ""
+    server_time_us: int = 0
     issued_at: float = field(default_factory=time.monotonic)
 
     def age(self) -> float:
@@ -155,22 +233,85 @@ def as_int(reply: Any) -> int:
     return 0 if reply is None else int(reply)
 
 
+def as_text(reply: Any) -> str | None:
+    if reply is None:
+        return None
+    return reply.decode("ascii", "replace") if isinstance(reply, bytes) else str(reply)
+
+
 def ticket_calls(scheme: KeyScheme, namespaces: Sequence[str] = ()) -> list[Call]:
-    return [Call.of("GET", scheme.seq())] + [
-        Call.of("GET", scheme.generation(ns)) for ns in namespaces
+    """Sequence, epoch and server time; each namespace's generation (created if missing)."""
+    return [sequence_call(scheme, incr=False)] + [
+        generation_call(scheme, ns, bump=False) for ns in namespaces
     ]
 
 
 def ticket_from(replies: Sequence[Any], namespaces: Sequence[str] = ()) -> Ticket:
+    seq, epoch, now = replies[0]
     return Ticket(
-        seq=as_int(replies[0]),
-        generations={ns: as_int(r) for ns, r in zip(namespaces, replies[1:], strict=True)},
+        seq=int(seq),
+        generations={ns: int(r) for ns, r in zip(namespaces, replies[1:], strict=True)},
+        epoch=as_text(epoch) or "",
+        server_time_us=int(now),
     )
 
 
 def take_ticket(scheme: KeyScheme, namespaces: Sequence[str] = ()) -> Program[Ticket]:
     replies = yield ticket_calls(scheme, namespaces)
     return ticket_from(replies, namespaces)
+
+
+def stamps_valid(stamps: Mapping[str, int | None], tokens: Iterable[str], seq: int) -> bool:
+    """An entry computed under ``seq`` serves only if every tag's stamp exists and is
+    not above it: a missing stamp may have been lost, so it counts as invalidated."""
+    for token in tokens:
+        stamp = stamps.get(token)
+        if stamp is None or stamp > seq:
+            return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class WriteCheck:
+    """What :func:`prepare_write` found: whether values computed under a ticket may be
+    written, and which stamps are missing, to re-create at ``create_at``."""
+
+    allowed: bool
+    missing: tuple[str, ...] = ()
+    create_at: int = 0
+
+    def create_calls(self, scheme: KeyScheme) -> list[Call]:
+        """One call per stamp: stamps of different tags live in different slots."""
+        return [
+            CREATE_STAMPS_SCRIPT.call(1, scheme.stamp(Tag(t)), self.create_at)
+            for t in self.missing
+        ]
+
+
+def prepare_write(
+    scheme: KeyScheme, ticket: Ticket, tokens: Sequence[str], max_age: float
+) -> Program[WriteCheck]:
+    """Before writing values computed under ``ticket`` and tagged with ``tokens``:
+    refuse a ticket older than ``max_age`` on the server's clock, or from an epoch
+    fenced meanwhile; find stamps that are missing and the sequence, read *after*
+    they were seen missing, to re-create them at (docs/consistency.md). A ticket
+    with sequence 0 (from a lookup that hit, so read no sequence) vouches for
+    nothing: its values are refused."""
+    if ticket.seq <= 0:
+        return WriteCheck(False)
+    calls = [sequence_call(scheme, incr=False)]
+    if tokens:
+        calls.append(Call("MGET", tuple(scheme.stamp(Tag(t)) for t in tokens)))
+    replies = yield calls
+    _, epoch, now = replies[0]
+    age = (int(now) - ticket.server_time_us) / 1e6 if ticket.server_time_us else ticket.age()
+    if age > max_age or (ticket.epoch and as_text(epoch) != ticket.epoch):
+        return WriteCheck(False)
+    missing = [t for t, r in zip(tokens, replies[1], strict=True) if r is None] if tokens else []
+    if not missing:
+        return WriteCheck(True)
+    (after,) = yield [sequence_call(scheme, incr=False)]
+    return WriteCheck(True, tuple(missing), int(after[0]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,17 +353,12 @@ class InvalidationReport:
         return self.keys_removed + sum(self.embeddings_removed.values())
 
 
-def floored_incr(key: str) -> Call:
-    return FLOORED_INCR_SCRIPT.call(1, key)
-
-
 def invalidate(
     scheme: KeyScheme,
     *,
     tags: Iterable[Tag] = (),
     documents: Iterable[DocumentInvalidation] = (),
     bump: Iterable[str] = (),
-    stamp_ttl_ms: int,
     by_slot: bool = False,
 ) -> Program[InvalidationReport]:
     """Tag stamps, document invalidations and generation bumps in two round trips
@@ -236,15 +372,15 @@ def invalidate(
     doc_list = list(documents)
     namespaces = list(dict.fromkeys(bump))
     report = InvalidationReport()
-    first = [floored_incr(scheme.generation(ns)) for ns in namespaces]
+    first = [generation_call(scheme, ns, bump=True) for ns in namespaces]
     need_seq = bool(tag_list or doc_list)
     if need_seq:
-        first.insert(0, floored_incr(scheme.seq()))
+        first.insert(0, sequence_call(scheme, incr=True))
     if not first:
         return report
     replies = yield first
     if need_seq:
-        report.seq = int(replies[0])
+        report.seq = int(replies[0][0])
         replies = replies[1:]
     report.generations = {ns: int(r) for ns, r in zip(namespaces, replies, strict=True)}
     if not need_seq:
@@ -274,7 +410,7 @@ def invalidate(
     calls: list[Call] = []
     for indexes in groups.values():
         keys: list[str] = []
-        args: list[Any] = [report.seq, stamp_ttl_ms, TOMBSTONE]
+        args: list[Any] = [report.seq, TOMBSTONE]
         for i in indexes:
             _, stamp_key, hash_key, mark_key, guard, mode, drop, extra = entries[i]
             keys += [stamp_key, hash_key, mark_key]

@@ -130,20 +130,41 @@ class TestEnvelopes:
         st.binary(max_size=300),
     )
     def test_tagged_round_trip(self, seq: int, tags: list[str], payload: bytes) -> None:
-        """Sequence, tags and payload survive packing."""
-        entry = unpack_tagged(pack_tagged(seq, tags, payload))
+        """Sequence, epoch, tags and payload survive packing."""
+        entry = unpack_tagged(pack_tagged(seq, tags, payload, "Ab3_-xYz"))
         assert (entry.seq, list(entry.tags), entry.payload) == (seq, tags, payload)
+        assert entry.epoch == b"Ab3_-xYz"
 
     @given(st.one_of(st.none(), st.text(min_size=1, max_size=64)), st.binary(max_size=100))
     def test_chunk_round_trip(self, content_hash: str | None, body: bytes) -> None:
-        """Content hash and vector bytes survive packing."""
-        assert unpack_chunk(pack_chunk(body, content_hash)) == (content_hash, body)
+        """Content hash, epoch and vector bytes survive packing."""
+        assert unpack_chunk(pack_chunk(body, content_hash, "e0000001")) == (
+            content_hash,
+            b"e0000001",
+            body,
+        )
+
+    def test_epoch_must_have_its_length(self) -> None:
+        """An epoch that is not 8 ASCII characters is refused, not truncated."""
+        with pytest.raises(CodecError):
+            pack_tagged(1, [], b"x", "short")
+        with pytest.raises(CodecError):
+            pack_chunk(b"x", None, "much-too-long")
+
+    def test_old_formats_are_foreign(self) -> None:
+        """Entries and chunk records written before epochs existed read as foreign
+        values (a miss), never as entries of the current epoch."""
+        old_tagged = bytes([0xCB, 1]) + (5).to_bytes(8, "little") + (0).to_bytes(2, "little")
+        with pytest.raises(CodecError):
+            unpack_tagged(old_tagged + b"payload")
+        with pytest.raises(CodecError):
+            unpack_chunk(bytes([0xCB, 0]) + b"vector-bytes")
 
     def test_corrupt_tagged(self) -> None:
         """A truncated tag list is CodecError."""
-        data = pack_tagged(5, ["d.a", "d.b"], b"x")
+        data = pack_tagged(5, ["d.a", "d.b"], b"x", "epoch-01")
         with pytest.raises(CodecError):
-            unpack_tagged(data[:14])
+            unpack_tagged(data[:22])
 
 
 def test_plain_float32_fast_path_checks_like_the_header() -> None:

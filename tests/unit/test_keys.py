@@ -86,7 +86,7 @@ class TestKeyScheme:
     def test_query_embeddings_spread_over_slots(self) -> None:
         """Different texts of one model get different hash tags (no hot slot)."""
         keys = KeyScheme("cb")
-        tags = {hash_tag(keys.query_embedding("m", "1", 0, f"q{i}")) for i in range(50)}
+        tags = {hash_tag(keys.query_embedding("m", "1", 0, f"q{i}", "epoch-01")) for i in range(50)}
         assert len(tags) == 50
 
     def test_query_embedding_key_layout(self) -> None:
@@ -96,7 +96,9 @@ class TestKeyScheme:
         assert digest.endswith(b"=")
         expected = digest.rstrip(b"=").decode()
         assert len(expected) == 43
-        assert keys.query_embedding("m", "1", 2, "héllo") == f"cb:qe:m:1:g2:{{{expected}}}"
+        assert keys.query_embedding("m", "1", 2, "héllo", "Ab3_-xYz") == (
+            f"cb:qe:m:1:g2:eAb3_-xYz:{{{expected}}}"
+        )
 
     @given(st.binary(max_size=64) | st.text(max_size=64))
     def test_key_digest_alphabet(self, data: bytes | str) -> None:
@@ -113,7 +115,10 @@ class TestKeyScheme:
     def test_generation_in_key(self) -> None:
         """A version bump changes the key."""
         keys = KeyScheme("cb")
-        assert keys.query_embedding("m", "1", 1, "t") != keys.query_embedding("m", "1", 2, "t")
+        assert keys.query_embedding("m", "1", 1, "t", "e") != keys.query_embedding("m", "1", 2, "t", "e")
+        assert keys.query_embedding("m", "1", 1, "t", "e") != keys.query_embedding(
+            "m", "1", 1, "t", "f"
+        )
 
     def test_prefix_first(self) -> None:
         """Every key starts with the prefix (ACL fencing)."""
