@@ -124,10 +124,28 @@ STATS: Final[Mapping[str, str]] = {
 }
 """``cachebus stats`` (and ``CacheBus.stats()``'s ``redis_used_memory``)."""
 
+STAMP_GC: Final[Mapping[str, str]] = {
+    "scan": "find tag stamps (SCAN MATCH <prefix>:stamp:*)",
+    "object|idletime": "how long a stamp has not been used",
+    "get": "a stamp's sequence value (under LFU policies, which track no idle time)",
+    "time": "the server clock the stamp values are compared with",
+    "unlink": "remove stamps unused for stamp_ttl",
+}
+"""``cachebus gc``."""
+
 ROLE_GROUPS: Final[Mapping[str, tuple[Mapping[str, str], ...]]] = {
     "library": (CONNECTION, SCRIPTING, CLUSTER, INVALIDATION, LIBRARY),
     "worker": (CONNECTION, SCRIPTING, CLUSTER, INVALIDATION, PATTERN_SCAN),
-    "operator": (CONNECTION, SCRIPTING, CLUSTER, INVALIDATION, LIBRARY, PATTERN_SCAN, STATS),
+    "operator": (
+        CONNECTION,
+        SCRIPTING,
+        CLUSTER,
+        INVALIDATION,
+        LIBRARY,
+        PATTERN_SCAN,
+        STATS,
+        STAMP_GC,
+    ),
 }
 
 NEWER_SERVERS: Final[Mapping[tuple[int, int], Mapping[str, str]]] = {

@@ -35,7 +35,8 @@ class ControlState:
         )
 
 
-def _scan(client: SyncClient, pattern: str) -> Iterator[bytes]:
+def scan_keys(client: SyncClient, pattern: str) -> Iterator[bytes]:
+    """SCAN MATCH ``pattern`` over every primary (an operator tool, never KEYS)."""
     if is_cluster(client):
         for node in client.get_primaries():  # type: ignore[union-attr]
             yield from client.scan_iter(match=pattern, count=1000, target_nodes=node)
@@ -54,7 +55,7 @@ def read_control_state(client: SyncClient, keys: KeyScheme) -> ControlState:
     p = keys.prefix
 
     def values(pattern: str) -> list[tuple[bytes, Any]]:
-        found = list(_scan(client, pattern))
+        found = list(scan_keys(client, pattern))
         if not found:
             return []
         pipe = client.pipeline(transaction=False)

@@ -43,6 +43,8 @@ class QueryEmbeddingCore(LayerCore):
         self._epoch = "-"
         """The generation and fence epoch seen last; a lookup confirms them in the same
         round trip."""
+        self._seen: tuple[bytes, bytes] = (b"", b"")
+        """Their raw replies, to skip parsing when nothing changed."""
 
     def entry_keys(self, texts: Sequence[str], ticket: Ticket) -> list[str]:
         return self._keys(texts, ticket.generations.get(self.namespace, 0), ticket.epoch or "-")
@@ -77,16 +79,19 @@ class QueryEmbeddingCore(LayerCore):
             replies = [None] * len(texts)
             ticket = yield from take_ticket(self.keys, [self.namespace])
             self._generation, self._epoch = ticket.generations[self.namespace], ticket.epoch
+            self._seen = (b"", b"")
         else:
-            seen = (int(raw[0]), as_text(raw[1]) or "-")
             replies = raw[2:]
-            if seen != guess:
-                self._generation, self._epoch = seen
-                replies = []
-                if texts:
-                    (replies,) = yield [Call("MGET", tuple(self._keys(texts, *seen)))]
+            if (raw[0], raw[1]) != self._seen:  # parsed only when they change
+                seen = (int(raw[0]), as_text(raw[1]) or "-")
+                if seen != guess:
+                    self._generation, self._epoch = seen
+                    replies = []
+                    if texts:
+                        (replies,) = yield [Call("MGET", tuple(self._keys(texts, *seen)))]
+                self._seen = (raw[0], raw[1])
             # Query embeddings carry no tags: their ticket is the generation and epoch.
-            ticket = Ticket(0, {self.namespace: seen[0]}, seen[1])
+            ticket = Ticket(0, {self.namespace: self._generation}, self._epoch)
         values = [self.decode(r) for r in replies]
         if count:
             self.count(values)
@@ -108,6 +113,7 @@ class QueryEmbeddingCore(LayerCore):
         if ticket is None:
             ticket = yield from take_ticket(self.keys, [self.namespace])
             self._generation, self._epoch = ticket.generations[self.namespace], ticket.epoch
+            self._seen = (b"", b"")
         if ticket.age() > self.settings.max_ticket_age:
             self.metrics.writes_refused += len(texts)
             return 0

@@ -163,6 +163,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.stats",
     "worker.warm",
     "worker.acl_cli",
+    "worker.gc_cli",
 )
 
 
