@@ -25,7 +25,8 @@ class ControlState:
     tombstones: frozenset[str] = frozenset()
     """Documents whose last applied event deleted them (within the stamp TTL)."""
     bumped: frozenset[str] = frozenset()
-    """Namespaces (``sr.<collection>``, ``qe.<model>.<version>``) with a generation."""
+    """Namespaces (``sr.<collection>``, ``qe.<model>.<version>``) with a generation: bumped
+    by an event, or used by the library (whose first ticket creates a missing one)."""
 
     def equivalent(self, other: ControlState) -> bool:
         return (

@@ -604,7 +604,7 @@ def test_ask_redirect_during_resharding(acl_cluster: RedisClusterServers) -> Non
     assert isinstance(client, redis.cluster.RedisCluster)
     try:
         qe = CacheBus(client, settings).query_embeddings("m")
-        key = qe.core.keys.query_embedding("m", "1", 0, "moving")
+        key = qe.core.keys.query_embedding("m", "1", 2**52, "moving", "epoch-01")
         slot = client.keyslot(key)
         source = client.get_node_from_key(key)
         dest = next(n for n in client.get_primaries() if n.name != source.name)
@@ -947,7 +947,12 @@ def _run_documents_through(stack: LocalStack, target: Target, tmp_path: Path) ->
             )
             report = asyncio.run(replay(replay_settings, ReplayOptions(progress=False)))
             assert report.events == 3 and report.outcomes["applied"] == 3
-            assert read_control_state(ops, KeyScheme(PREFIX)).equivalent(live)
+            rebuilt = read_control_state(ops, KeyScheme(PREFIX))
+            assert rebuilt.high_water_marks == live.high_water_marks
+            assert rebuilt.tombstones == live.tombstones
+            # The events bumped kb; "other" has a generation live only because the
+            # library's first write created it (a missing one is created on use).
+            assert rebuilt.bumped == {"sr.kb"} and live.bumped == {"sr.kb", "sr.other"}
         finally:
             ops.close()
     finally:
