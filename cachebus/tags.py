@@ -186,6 +186,15 @@ return 1
 """)
 
 
+# Raise the sequence to at least ARGV[1] (never lower it; leave a missing one to the
+# sequence script, which re-creates it and replaces the epoch). KEYS[1] the sequence.
+RAISE_SEQUENCE_SCRIPT: Final = Script("""
+local raw = redis.call('GET', KEYS[1])
+if raw and tonumber(raw) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+""")
+
+
 def new_epoch() -> str:
     """A fresh fence epoch: 8 URL-safe characters (48 random bits)."""
     return secrets.token_urlsafe(6)
@@ -307,7 +316,16 @@ def prepare_write(
     age = (int(now) - ticket.server_time_us) / 1e6 if ticket.server_time_us else ticket.age()
     if age > max_age or (ticket.epoch and as_text(epoch) != ticket.epoch):
         return WriteCheck(False)
-    missing = [t for t, r in zip(tokens, replies[1], strict=True) if r is None] if tokens else []
+    stamps = list(replies[1]) if tokens else []
+    above = [int(r) for r in stamps if r is not None and ticket.seq < int(r) < TOMBSTONE]
+    if above:
+        # Dead on arrival: a stamp is above the ticket. Usually an invalidation after
+        # the ticket; after a lost sequence restarted below old stamps (a clock that
+        # stepped back), also every later ticket until the sequence passes them. Move
+        # the sequence past the highest such stamp (always safe: it only moves up).
+        yield [RAISE_SEQUENCE_SCRIPT.call(1, scheme.seq(), max(above))]
+        return WriteCheck(False)
+    missing = [t for t, r in zip(tokens, stamps, strict=True) if r is None]
     if not missing:
         return WriteCheck(True)
     (after,) = yield [sequence_call(scheme, incr=False)]

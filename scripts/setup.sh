@@ -14,8 +14,10 @@ command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 # Debian's docker-compose validates docker-compose.yml in the tests (no engine needed).
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
-# libfaketime skews a redis-server's clock in the failure-mode tests.
-command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
+# gcc builds consistency/clockshift.c, which skews a redis-server's clock in the
+# failure-mode tests (Debian's libfaketime recurses into jemalloc's clock_gettime
+# and redis-server never starts under it).
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get" >&2
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
