@@ -39,19 +39,20 @@ import redis
 
 from cachebus.testing import RedisServer
 
-from . import cache_aside, fidelity, invalidation, layers, worker_e2e
+from . import cache_aside, durability, fidelity, invalidation, layers, worker_e2e
 from . import plot as plotting
 from . import report as rep
 from .machine import BusyMeter, describe, loadavg
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("layers", "invalidation", "cache_aside", "fidelity", "worker")
+SECTIONS = ("layers", "invalidation", "durability", "cache_aside", "fidelity", "worker")
 
 
 @dataclass(frozen=True)
 class Config:
     layers: layers.LayersConfig
     invalidation: invalidation.InvalidationConfig
+    durability: durability.DurabilityConfig
     worker: worker_e2e.WorkerConfig
     fidelity: fidelity.FidelityConfig
     cache_aside: cache_aside.CacheAsideConfig
@@ -73,6 +74,7 @@ FULL = Config(
         lesson_events=(10, 5, 3),
         documents=10_000,
     ),
+    durability=durability.DurabilityConfig(calls=2000, batch=100, batches=200),
     worker=worker_e2e.WorkerConfig(
         flood_events=100_000,
         loads=(1000, 5000),
@@ -106,6 +108,7 @@ QUICK = Config(
     invalidation=replace(
         FULL.invalidation, sizes=(10_000, 50_000), ours_events=20, lesson_events=(2, 1)
     ),
+    durability=durability.DurabilityConfig(calls=200, batch=100, batches=20),
     worker=replace(
         FULL.worker,
         flood_events=10_000,
@@ -189,6 +192,7 @@ def _runners(
         "invalidation": lambda: invalidation.run(
             connect, server.client(), cfg.invalidation, clock.progress
         ),
+        "durability": lambda: durability.run(cfg.durability, clock.progress),
         "cache_aside": lambda: cache_aside.run(connect(0), cfg.cache_aside, clock.progress),
         "fidelity": lambda: fidelity.run(cfg.fidelity, clock.progress),
         "worker": lambda: worker_e2e.run(cfg.worker, clock.progress),
