@@ -10,12 +10,14 @@ from redis.exceptions import RedisError
 
 from .codecs import VectorCodec
 from .document_embeddings import AsyncDocumentEmbeddingCache, DocumentEmbeddingCache
+from .embedders import AsyncEmbedder, Embedder
 from .invalidation import AsyncInvalidator, Invalidator
 from .metrics import LayerMetrics
 from .query_embeddings import AsyncQueryEmbeddingCache, QueryEmbeddingCache
 from .rerank_scores import AsyncRerankScoreCache, RerankScoreCache
 from .runner import AsyncClient, SyncClient
 from .search_results import AsyncSearchResultsCache, SearchResultsCache
+from .services import AsyncCachedEmbeddingService, CachedEmbeddingService
 from .settings import Settings
 
 
@@ -59,7 +61,8 @@ def _stats(layers: dict[str, list[LayerMetrics]], used_memory: int | None) -> di
 class CacheBus:
     """Factory and registry of the sync layers on one client.
 
-    >>> bus = CacheBus(redis.Redis(), Settings.from_env())
+    >>> settings = Settings.from_env()
+    >>> bus = CacheBus(cachebus.connect(settings), settings)
     >>> bus.query_embeddings("text-embedding-3-small").get("hello")
     """
 
@@ -81,6 +84,14 @@ class CacheBus:
                 self.client, model, model_version, settings=self.settings, codec=codec
             )
         return self._qe[key]
+
+    def embedding_service(
+        self, embedder: Embedder, *, codec: VectorCodec | None = None
+    ) -> CachedEmbeddingService:
+        """``embed``/``embed_batch`` through the query-embedding cache of the embedder's
+        own model and version (``embedder.model``, ``embedder.model_version``)."""
+        cache = self.query_embeddings(embedder.model, embedder.model_version, codec=codec)
+        return CachedEmbeddingService(cache, embedder)
 
     def document_embeddings(
         self, model: str, model_version: str = "1", *, codec: VectorCodec | None = None
@@ -142,6 +153,13 @@ class AsyncCacheBus:
                 self.client, model, model_version, settings=self.settings, codec=codec
             )
         return self._qe[key]
+
+    def embedding_service(
+        self, embedder: AsyncEmbedder | Embedder, *, codec: VectorCodec | None = None
+    ) -> AsyncCachedEmbeddingService:
+        """The asyncio :meth:`CacheBus.embedding_service`."""
+        cache = self.query_embeddings(embedder.model, embedder.model_version, codec=codec)
+        return AsyncCachedEmbeddingService(cache, embedder)
 
     def document_embeddings(
         self, model: str, model_version: str = "1", *, codec: VectorCodec | None = None

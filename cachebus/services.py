@@ -10,7 +10,7 @@ import numpy as np
 
 from .codecs import Vector
 from .embedders import AsyncEmbedder, Embedder
-from .errors import CacheBusError
+from .errors import CacheBusError, ConfigError
 from .query_embeddings import AsyncQueryEmbeddingCache, QueryEmbeddingCache
 from .querylog import AsyncQueryLog, QueryLog
 from .search_results import (
@@ -40,6 +40,21 @@ def _unique(texts: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
+def check_model(core: Any, embedder: object) -> None:
+    """The cache's keys must name the embedder's model and version: a cache of another
+    version would keep serving the old model's vectors after an upgrade."""
+    model = getattr(embedder, "model", None)
+    version = getattr(embedder, "model_version", None)
+    if model is None or version is None:
+        return  # an embedder without the attributes: the cache's own names are the truth
+    if (str(model), str(version)) != (core.model, core.model_version):
+        raise ConfigError(
+            f"the embedder is {model!r} version {version!r} but the cache is for "
+            f"{core.model!r} version {core.model_version!r}: build the cache with "
+            f"bus.query_embeddings(embedder.model, embedder.model_version)"
+        )
+
+
 class CachedEmbeddingService:
     """``embed``/``embed_batch`` through the query embedding cache.
 
@@ -50,6 +65,7 @@ class CachedEmbeddingService:
     """
 
     def __init__(self, cache: QueryEmbeddingCache, embedder: Embedder) -> None:
+        check_model(cache.core, embedder)
         self.cache = cache
         self.embedder = embedder
 
@@ -80,6 +96,7 @@ class AsyncCachedEmbeddingService:
     """The asyncio twin of :class:`CachedEmbeddingService` (same program)."""
 
     def __init__(self, cache: AsyncQueryEmbeddingCache, embedder: AsyncEmbedder | Embedder):
+        check_model(cache.core, embedder)
         self.cache = cache
         self.embedder = embedder
 

@@ -13,7 +13,7 @@ HOUR = 3600
 DAY = 24 * HOUR
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     """Everything cachebus reads from the environment, with sane defaults.
 
@@ -86,6 +86,19 @@ class Settings:
     """Health and Prometheus metrics port of the worker (0 turns it off)."""
     log_level: str = "info"
 
+    def __repr__(self) -> str:
+        """Every field, with secrets (the Redis URL's password, Kafka's SASL password)
+        replaced by ``***``: settings get logged and printed in tracebacks."""
+        parts = []
+        for f in fields(self):
+            value: Any = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value:
+                value = "***"
+            elif f.name == "redis_url":
+                value = redact_url(value)
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``CACHEBUS_*`` variables; keyword overrides win."""
@@ -133,6 +146,20 @@ class Settings:
         if self.fence_check_interval < 0:
             raise ConfigError("fence_check_interval must be 0 (off) or positive")
         return self
+
+
+SECRET_FIELDS = frozenset({"kafka_sasl_password"})
+
+
+def redact_url(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host`` (also a password-only
+    ``redis://:secret@host``); URLs without a password are returned as they are."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}:***@{host}" if colon else url
 
 
 STAMPED_TTLS = ("search_results_ttl", "rerank_scores_ttl", "document_embedding_ttl")

@@ -167,7 +167,14 @@ def _row(
 # --------------------------------------------------------------------------- failover
 
 
-def _failover_case(ctx: RunContext, *, durable: bool, replica_config: list[str], label: str) -> Row:
+def _failover_case(
+    ctx: RunContext,
+    *,
+    durable: bool,
+    replica_config: list[str],
+    label: str,
+    replica_bin: str | None = None,
+) -> Row:
     from .servers import ReplicatedRedis
 
     size = _size(ctx)
@@ -178,7 +185,7 @@ def _failover_case(ctx: RunContext, *, durable: bool, replica_config: list[str],
         extra = {"durability_replicas": 1, "durability_timeout_ms": 200}
     settings = _settings(ctx.code, **extra)
     durability_error = error_named("DurabilityError")
-    with ReplicatedRedis(replica_config=replica_config) as pair:
+    with ReplicatedRedis(replica_config=replica_config, replica_server_bin=replica_bin) as pair:
         client = pair.client()
         w = _workload(client, settings, oracle, size, monitor)
         ctx.progress(f"{label}: {size.entries} entries on the primary")
@@ -252,28 +259,15 @@ def failover(ctx: RunContext) -> list[Row]:
 )
 def failover_clock_behind(ctx: RunContext) -> list[Row]:
     with skewed_redis_binary(-120) as (binary, _):
-        return [_failover_with_binary(ctx, binary)]
-
-
-def _failover_with_binary(ctx: RunContext, binary: str) -> Row:
-    """The replica's clock runs 120 s behind (LD_PRELOAD shim)."""
-    from . import servers
-
-    original = servers.RedisServer
-
-    class SkewedReplica(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            if any(str(c).startswith("replicaof") for c in kwargs.get("extra_config", ())):
-                kwargs["redis_server_bin"] = binary
-            super().__init__(*args, **kwargs)
-
-    servers.RedisServer = SkewedReplica  # type: ignore[misc]
-    try:
-        return _failover_case(
-            ctx, durable=ctx.code == "new", replica_config=[], label="replica clock -120 s"
-        )
-    finally:
-        servers.RedisServer = original  # type: ignore[misc]
+        return [
+            _failover_case(
+                ctx,
+                durable=ctx.code == "new",
+                replica_config=[],
+                label="replica clock -120 s",
+                replica_bin=binary,
+            )
+        ]
 
 
 def _replica_of(url: str) -> Any:

@@ -18,7 +18,6 @@ import numpy as np
 
 from cachebus import (
     CacheBus,
-    CachedEmbeddingService,
     CachedSearchService,
     ChunkRef,
     ChunkVector,
@@ -187,7 +186,7 @@ def main() -> int:
         embedder = HashingEmbedder(dim=256)
         index = Index(embedder, {}, {})
         pipeline = ContentPipeline(stack, bus, index)
-        embeddings = CachedEmbeddingService(bus.query_embeddings(embedder.model), embedder)
+        embeddings = bus.embedding_service(embedder)
         service = CachedSearchService(bus.search_results, embeddings, index)
 
         step("the content pipeline creates three documents")
