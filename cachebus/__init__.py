@@ -17,9 +17,11 @@ from .errors import (
     CacheUnavailableError,
     CodecError,
     ConfigError,
+    DurabilityError,
     InvalidEventError,
     KeyEncodingError,
     PermissionDeniedError,
+    RedisFullError,
 )
 from .invalidation import AsyncInvalidator, Invalidator
 from .keys import KeyScheme, Tag
@@ -64,6 +66,7 @@ __all__ = [
     "ConfigError",
     "DocumentEmbeddingCache",
     "DocumentInvalidation",
+    "DurabilityError",
     "Embedder",
     "HashingEmbedder",
     "InvalidEventError",
@@ -76,6 +79,7 @@ __all__ = [
     "PermissionDeniedError",
     "QueryEmbeddingCache",
     "QueryLog",
+    "RedisFullError",
     "RerankScoreCache",
     "SearchHit",
     "SearchPipeline",
