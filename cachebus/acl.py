@@ -82,6 +82,7 @@ INVALIDATION: Final[Mapping[str, str]] = {
     "incr": "inside the generation / sequence script (monotonic counters)",
     "time": "inside the sequence script (clock floor; tickets' age on the server clock)",
     "exists": "inside the script that re-creates missing stamps",
+    "wait": "durable invalidations: CACHEBUS_DURABILITY_REPLICAS replicas hold them",
     "hlen": "inside the stamp script: count a deleted document's embeddings",
     "hkeys": "inside the stamp script: find a document's stale chunk embeddings",
     "hget": "inside the stamp script: compare a chunk's content hash",
@@ -152,6 +153,7 @@ NEWER_SERVERS: Final[Mapping[tuple[int, int], Mapping[str, str]]] = {
     (7, 2): {
         "client|setinfo": "redis-py names itself on connect (refusals are ignored, "
         "but would fill the ACL LOG); the subcommand exists since Redis 7.2",
+        "waitaof": "durable invalidations with CACHEBUS_DURABILITY_FSYNC (Redis 7.2+)",
     },
 }
 """Grants that an older server would refuse as unknown commands."""

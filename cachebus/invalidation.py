@@ -1,31 +1,58 @@
 """The three invalidation primitives, shared by the library and the worker:
 tag invalidation (stamps), version bump (INCR of a namespace generation) and
-pattern-scan invalidation (SCAN MATCH + UNLINK on every primary)."""
+pattern-scan invalidation (SCAN MATCH + UNLINK on every primary).
+
+Every primitive ends with the witness step of :mod:`cachebus.durability` (raise
+the witness on every primary, WAIT / WAITAOF if the settings ask, fence if a
+primary lost writes). When Redis is full (``noeviction`` at maxmemory) an
+invalidation falls back to unlinking the control keys it would have raised (a
+missing stamp or generation reads as invalidated) and raises
+:class:`~cachebus.errors.RedisFullError`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from typing import Any
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
 from .commands import Call, Program
-from .errors import ConfigError
+from .durability import Durability, FenceEvent, FenceMonitor, WitnessReport
+from .errors import CacheBusError, ConfigError, RedisFullError
 from .keys import KeyScheme, Tag
 from .runner import AsyncClient, AsyncRunner, SyncClient, SyncRunner, translate
 from .settings import Settings
 from .tags import DocumentInvalidation, InvalidationReport, Mode, invalidate
 
 SCAN_COUNT = 1000
+T = TypeVar("T")
+log = logging.getLogger("cachebus.invalidation")
 
 
 class InvalidationCore:
     """Programs of the primitives, with no I/O."""
 
-    def __init__(self, settings: Settings, *, cluster: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        cluster: bool = False,
+        fence: FenceMonitor | None = None,
+        describe: Callable[[str], str] | None = None,
+    ) -> None:
         self.settings = settings
         self.keys = KeyScheme(settings.prefix)
         self.cluster = cluster
+        self.fence = fence or FenceMonitor(settings.prefix)
+        """Witnesses seen by this invalidator (pass a shared one to pool detection)."""
+        if self.fence.keys.prefix != self.keys.prefix:
+            raise ConfigError(
+                f"FenceMonitor of prefix {self.fence.keys.prefix!r} given to an invalidator "
+                f"of prefix {self.keys.prefix!r}"
+            )
+        self.durability = Durability(settings, self.fence, describe=describe)
 
     def apply(
         self,
@@ -39,7 +66,6 @@ class InvalidationCore:
             tags=tags,
             documents=documents,
             bump=bump,
-            stamp_ttl_ms=self.settings.stamp_ttl * 1000,
             by_slot=self.cluster,
         )
 
@@ -52,8 +78,31 @@ class InvalidationCore:
             )
         return pattern
 
-    def unlink_calls(self, keys: Sequence[bytes]) -> list[Call]:
+    def unlink_calls(self, keys: Sequence[bytes | str]) -> list[Call]:
         return [Call("UNLINK", tuple(keys))] if keys else []
+
+    def control_keys(
+        self,
+        tags: Sequence[Tag] = (),
+        documents: Sequence[DocumentInvalidation] = (),
+        bump: Sequence[str] = (),
+    ) -> list[str]:
+        """The control keys an invalidation raises: tag stamps, the documents' stamps
+        and chunk-embedding hashes, the bumped namespaces' generations. Unlinking
+        them is the invalidation's fallback when Redis is full: a missing stamp or
+        generation reads as invalidated (and UNLINK is allowed under OOM)."""
+        keys = [self.keys.stamp(t) for t in tags]
+        for doc in documents:
+            keys += [
+                self.keys.stamp(Tag.doc(doc.doc_id)),
+                self.keys.document_embeddings(doc.doc_id),
+            ]
+        keys += [self.keys.generation(ns) for ns in bump]
+        return list(dict.fromkeys(keys))
+
+    def full_fallback(self, keys: Sequence[str]) -> list[Call]:
+        """UNLINK of ``keys`` plus the epoch if a fence's write was refused."""
+        return self.unlink_calls([*keys, *self.durability.pending_fence_keys()])
 
 
 def _namespaces(
@@ -73,11 +122,72 @@ def _cursor(reply: Any) -> int:
 
 class Invalidator:
     """Invalidation primitives on a sync client. Errors raise (never fail open):
-    the worker must retry rather than ack an event whose invalidation failed."""
+    the worker must retry rather than ack an event whose invalidation failed.
 
-    def __init__(self, client: SyncClient, *, settings: Settings | None = None) -> None:
+    ``fence``: the :class:`~cachebus.durability.FenceMonitor` that remembers the
+    witnesses this invalidator saw (default: its own; pass
+    ``FenceMonitor.shared(prefix)`` to share one per process)."""
+
+    def __init__(
+        self,
+        client: SyncClient,
+        *,
+        settings: Settings | None = None,
+        fence: FenceMonitor | None = None,
+    ) -> None:
         self._runner = SyncRunner(client)
-        self.core = InvalidationCore(settings or Settings(), cluster=self._runner.cluster)
+        self.core = InvalidationCore(
+            settings or Settings(),
+            cluster=self._runner.cluster,
+            fence=fence,
+            describe=self._runner.primary_address,
+        )
+
+    @property
+    def cluster(self) -> bool:
+        return self._runner.cluster
+
+    @property
+    def fence(self) -> FenceMonitor:
+        return self.core.fence
+
+    def run(self, program: Program[T]) -> T:
+        """Run a :mod:`cachebus.commands` program on this invalidator's client."""
+        return self._runner.run(program)
+
+    def execute(self, calls: list[Call]) -> list[Any]:
+        """Send commands in one round trip (per node); Redis errors raise as cachebus errors."""
+        return self._runner.execute(calls)
+
+    def confirm(self) -> WitnessReport:
+        """The witness step after invalidations made with ``confirm=False``: raise the
+        witness on every primary, WAIT / WAITAOF as the settings ask (a shortfall
+        raises DurabilityError), fence if a primary lost writes."""
+        try:
+            return self._runner.run(self.core.durability.confirm())
+        except RedisFullError:
+            self._on_full([])
+            raise
+
+    def check_fence(self) -> WitnessReport:
+        """Read every primary's witness (no write unless a fence is due) and fence if
+        one is below what this invalidator saw. Cheap: one GET per primary."""
+        try:
+            return self._runner.run(self.core.durability.check())
+        except RedisFullError:
+            self._on_full([])
+            raise
+
+    def _on_full(self, keys: Sequence[str]) -> list[FenceEvent]:
+        calls = self.core.full_fallback(keys)
+        if not calls:
+            return []
+        try:
+            self._runner.execute(calls)
+        except CacheBusError as exc:
+            log.warning("Redis is full and unlinking the control keys failed too: %s", exc)
+            return []
+        return self.core.durability.fenced_by_unlink()
 
     def invalidate(
         self,
@@ -85,9 +195,23 @@ class Invalidator:
         tags: Iterable[Tag] = (),
         documents: Iterable[DocumentInvalidation] = (),
         bump: Iterable[str] = (),
+        confirm: bool = True,
     ) -> InvalidationReport:
-        """Everything at once, in two round trips (what the worker calls per batch)."""
-        return self._runner.run(self.core.apply(tags=tags, documents=documents, bump=bump))
+        """Everything at once, in two round trips, then the witness step (unless
+        ``confirm=False``: the caller runs :meth:`confirm` after a batch).
+
+        Redis full: unlinks the control keys involved, then raises RedisFullError."""
+        tag_list, doc_list, ns_list = list(tags), list(documents), list(bump)
+        try:
+            report = self._runner.run(
+                self.core.apply(tags=tag_list, documents=doc_list, bump=ns_list)
+            )
+            if confirm:
+                self._runner.run(self.core.durability.confirm())
+        except RedisFullError:
+            self._on_full(self.core.control_keys(tag_list, doc_list, ns_list))
+            raise
+        return report
 
     def invalidate_tags(self, tags: Iterable[Tag]) -> InvalidationReport:
         return self.invalidate(tags=tags)
@@ -106,12 +230,15 @@ class Invalidator:
         (model, version) query embeddings. Returns the new generations."""
         return self.invalidate(bump=_namespaces(self.core, collections, models)).generations
 
-    def scan_delete(self, pattern: str, *, count: int = SCAN_COUNT) -> int:
-        """SCAN MATCH + UNLINK on every primary. Not for the hot path."""
+    def scan_delete(self, pattern: str, *, count: int = SCAN_COUNT, confirm: bool = True) -> int:
+        """SCAN MATCH + UNLINK on every primary, then the witness step (unless
+        ``confirm=False``). Not for the hot path."""
         self.core.check_pattern(pattern)
         removed = 0
         for batch in self._scan(pattern, count):
             removed += int(self._runner.execute(self.core.unlink_calls(batch))[0])
+        if confirm:
+            self.confirm()
         return removed
 
     def _scan(self, pattern: str, count: int) -> Iterator[list[bytes]]:
@@ -140,11 +267,66 @@ class Invalidator:
 
 
 class AsyncInvalidator:
-    """Invalidation primitives on an asyncio client (what the worker uses)."""
+    """Invalidation primitives on an asyncio client (what the worker uses); see
+    :class:`Invalidator`."""
 
-    def __init__(self, client: AsyncClient, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        settings: Settings | None = None,
+        fence: FenceMonitor | None = None,
+    ) -> None:
         self._runner = AsyncRunner(client)
-        self.core = InvalidationCore(settings or Settings(), cluster=self._runner.cluster)
+        self.core = InvalidationCore(
+            settings or Settings(),
+            cluster=self._runner.cluster,
+            fence=fence,
+            describe=self._runner.primary_address,
+        )
+
+    @property
+    def cluster(self) -> bool:
+        return self._runner.cluster
+
+    @property
+    def fence(self) -> FenceMonitor:
+        return self.core.fence
+
+    async def run(self, program: Program[T]) -> T:
+        """Run a :mod:`cachebus.commands` program on this invalidator's client."""
+        return await self._runner.run(program)
+
+    async def execute(self, calls: list[Call]) -> list[Any]:
+        """Send commands in one round trip (per node); Redis errors raise as cachebus errors."""
+        return await self._runner.execute(calls)
+
+    async def confirm(self) -> WitnessReport:
+        """See :meth:`Invalidator.confirm`."""
+        try:
+            return await self._runner.run(self.core.durability.confirm())
+        except RedisFullError:
+            await self._on_full([])
+            raise
+
+    async def check_fence(self) -> WitnessReport:
+        """See :meth:`Invalidator.check_fence`."""
+        try:
+            return await self._runner.run(self.core.durability.check())
+        except RedisFullError:
+            await self._on_full([])
+            raise
+
+    async def _on_full(self, keys: Sequence[str]) -> list[FenceEvent]:
+        calls = self.core.full_fallback(keys)
+        if not calls:
+            return []
+        try:
+            await self._runner.execute(calls)
+        except CacheBusError as exc:
+            log.warning("Redis is full and unlinking the control keys failed too: %s", exc)
+            return []
+        return self.core.durability.fenced_by_unlink()
 
     async def invalidate(
         self,
@@ -152,8 +334,20 @@ class AsyncInvalidator:
         tags: Iterable[Tag] = (),
         documents: Iterable[DocumentInvalidation] = (),
         bump: Iterable[str] = (),
+        confirm: bool = True,
     ) -> InvalidationReport:
-        return await self._runner.run(self.core.apply(tags=tags, documents=documents, bump=bump))
+        """See :meth:`Invalidator.invalidate`."""
+        tag_list, doc_list, ns_list = list(tags), list(documents), list(bump)
+        try:
+            report = await self._runner.run(
+                self.core.apply(tags=tag_list, documents=doc_list, bump=ns_list)
+            )
+            if confirm:
+                await self._runner.run(self.core.durability.confirm())
+        except RedisFullError:
+            await self._on_full(self.core.control_keys(tag_list, doc_list, ns_list))
+            raise
+        return report
 
     async def invalidate_tags(self, tags: Iterable[Tag]) -> InvalidationReport:
         return await self.invalidate(tags=tags)
@@ -172,11 +366,15 @@ class AsyncInvalidator:
         report = await self.invalidate(bump=_namespaces(self.core, collections, models))
         return report.generations
 
-    async def scan_delete(self, pattern: str, *, count: int = SCAN_COUNT) -> int:
+    async def scan_delete(
+        self, pattern: str, *, count: int = SCAN_COUNT, confirm: bool = True
+    ) -> int:
         self.core.check_pattern(pattern)
         removed = 0
         async for batch in self._scan(pattern, count):
             removed += int((await self._runner.execute(self.core.unlink_calls(batch)))[0])
+        if confirm:
+            await self.confirm()
         return removed
 
     async def _scan(self, pattern: str, count: int) -> AsyncIterator[list[bytes]]:

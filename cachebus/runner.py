@@ -3,23 +3,51 @@
 Works with ``redis.Redis``, ``redis.asyncio.Redis`` and both ``RedisCluster``
 classes. Commands of one step go out in one pipeline; on a cluster the
 pipeline fans out per node and multi-key ``MGET``/``UNLINK`` are split per key.
+An :class:`~cachebus.commands.EachPrimary` step goes to every primary, one
+pipeline on one connection each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
-from redis.exceptions import NoPermissionError, NoScriptError, RedisError, ResponseError
+from redis.crc import key_slot
+from redis.exceptions import (
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    RedisError,
+    ResponseError,
+)
 
-from .commands import Call, Invoke, Program, Script, Sleep
-from .errors import CacheBusError, CacheUnavailableError, ConfigError, PermissionDeniedError
+from .commands import (
+    STANDALONE_NODE_TAG,
+    Call,
+    EachPrimary,
+    Invoke,
+    Program,
+    Script,
+    Sleep,
+    node_tags,
+)
+from .errors import (
+    CacheBusError,
+    CacheUnavailableError,
+    ConfigError,
+    PermissionDeniedError,
+    RedisFullError,
+)
 
 T = TypeVar("T")
 
@@ -65,7 +93,21 @@ def translate(exc: RedisError) -> Exception:
             "Redis denied a command inside a cachebus Lua script (check the ACL user: "
             f"scripts run with the caller's permissions): {exc}"
         )
-    return CacheUnavailableError(f"Redis call failed: {exc}")
+    text = str(exc)
+    # redis-py strips the "OOM" code into the type (OutOfMemoryError), also for a write
+    # refused inside a script; older versions keep it in the text.
+    if isinstance(exc, OutOfMemoryError) or text.startswith("OOM "):
+        return RedisFullError(
+            "Redis is full (maxmemory reached under noeviction) and refused a write: "
+            f"OOM {text.removeprefix('OOM ')}"
+        )
+    if isinstance(exc, ResponseError) and "unknown command" in text and "waitaof" in text.lower():
+        return ConfigError(
+            f"durability_fsync needs WAITAOF (Redis >= 7.2); this server does not know it: {text}"
+        )
+    if isinstance(exc, ResponseError) and "WAITAOF cannot be used" in text:
+        return ConfigError(f"durability_fsync needs appendonly yes on every primary: {text}")
+    return CacheUnavailableError(f"Redis call failed: {text}")
 
 
 def _expand(calls: list[Call], cluster: bool) -> tuple[list[Call], list[int]]:
@@ -76,7 +118,9 @@ def _expand(calls: list[Call], cluster: bool) -> tuple[list[Call], list[int]]:
     sizes: list[int] = []
     for call in calls:
         if call.name in _SPLIT and len(call.args) > 1:
-            flat.extend(Call(call.name, (key,)) for key in call.args)
+            # An MGET becomes one GET per key (a one-key MGET would answer a list).
+            name = "GET" if call.name == "MGET" else call.name
+            flat.extend(Call(name, (key,)) for key in call.args)
             sizes.append(len(call.args))
         else:
             flat.append(call)
@@ -116,6 +160,52 @@ def _missing_scripts(calls: list[Call], replies: list[Any]) -> list[int]:
     ]
 
 
+def _check_each(calls: list[Call]) -> list[Call]:
+    if any(call.name == "EVALSHA" for call in calls):
+        raise ConfigError("EachPrimary steps cannot call scripts (no NOSCRIPT recovery)")
+    return calls
+
+
+def _standalone_address(client: Any) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    if kwargs.get("path"):
+        return f"unix:{kwargs['path']}"
+    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+
+class _PrimaryTags:
+    """The node tag of every primary of a cluster client, computed from its slot map
+    and cached while the map says the same (checked with one lookup per primary)."""
+
+    def __init__(self) -> None:
+        self._map_id = 0
+        self._primaries: frozenset[str] = frozenset()
+        self._tags: dict[str, str] = {}  # primary name -> node tag
+        self.addresses: dict[str, str] = {}  # node tag -> primary name (host:port)
+
+    def targets(self, nodes_manager: Any, primaries: list[Any]) -> list[tuple[str, Any]]:
+        slots: dict[int, list[Any]] = nodes_manager.slots_cache
+        names = frozenset(node.name for node in primaries)
+        if not (
+            id(slots) == self._map_id
+            and names == self._primaries
+            and all(
+                (owners := slots.get(key_slot(tag.encode()))) and owners[0].name == name
+                for name, tag in self._tags.items()
+            )
+        ):
+
+            def owner(slot: int) -> str | None:
+                owners = slots.get(slot)
+                return owners[0].name if owners else None
+
+            self._tags = node_tags(owner, names)
+            self._map_id = id(slots)
+            self._primaries = names
+            self.addresses = {tag: name for name, tag in self._tags.items()}
+        return [(self._tags[n.name], n) for n in primaries if n.name in self._tags]
+
+
 class SyncRunner:
     """Runs programs on a sync client; Redis errors come out as cachebus errors."""
 
@@ -123,6 +213,9 @@ class SyncRunner:
         check_client(client)
         self.client = client
         self.cluster = is_cluster(client)
+        self._tags = _PrimaryTags()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def execute(self, calls: list[Call]) -> list[Any]:
         """Send one step's commands in one round trip (per node)."""
@@ -130,6 +223,61 @@ class SyncRunner:
             return self._execute(calls)
         except RedisError as exc:
             raise translate(exc) from exc
+
+    def primary_address(self, node_tag: str) -> str:
+        """``host:port`` of the primary a node tag stood for at the last EachPrimary."""
+        if not self.cluster:
+            return _standalone_address(self.client)
+        return self._tags.addresses.get(node_tag, f"node {node_tag}")
+
+    def each_primary(self, make: Callable[[str], list[Call]]) -> dict[str, list[Any]]:
+        """Run an :class:`EachPrimary` step: ``make(tag)`` as one pipeline on one
+        connection per primary, the primaries in parallel."""
+        try:
+            return self._each_primary(make)
+        except RedisError as exc:
+            if self.cluster:  # a moved slot or a failed-over primary: refresh the map
+                with contextlib.suppress(Exception):
+                    self.client.nodes_manager.initialize()  # type: ignore[union-attr]
+            raise translate(exc) from exc
+
+    def _each_primary(self, make: Callable[[str], list[Call]]) -> dict[str, list[Any]]:
+        if not isinstance(self.client, redis.cluster.RedisCluster):
+            calls = _check_each(make(STANDALONE_NODE_TAG))
+            replies = self._pipeline(calls) if calls else []
+            _raise_first_error(replies)
+            return {STANDALONE_NODE_TAG: replies}
+        cluster = self.client
+        primaries = cluster.get_primaries()  # type: ignore[no-untyped-call]
+        targets = self._tags.targets(cluster.nodes_manager, primaries)
+        work = [(tag, node, _check_each(make(tag))) for tag, node in targets]
+
+        def send(node: Any, calls: list[Call]) -> list[Any]:
+            if not calls:
+                return []
+            pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
+            for call in calls:
+                pipe.execute_command(call.name, *call.args)  # type: ignore[no-untyped-call]
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            return replies
+
+        if len(work) == 1:
+            results = [send(work[0][1], work[0][2])]
+        else:
+            pool = self._executor()
+            futures = [pool.submit(send, node, calls) for _, node, calls in work]
+            results = [f.result() for f in futures]
+        out: dict[str, list[Any]] = {}
+        for (tag, _, _), replies in zip(work, results, strict=True):
+            _raise_first_error(replies)
+            out[tag] = replies
+        return out
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(8, thread_name_prefix="cachebus-primaries")
+            return self._pool
 
     def _execute(self, calls: list[Call]) -> list[Any]:
         if not calls:
@@ -185,7 +333,10 @@ class SyncRunner:
                         continue
                 else:
                     try:
-                        reply = self.execute(step)
+                        if isinstance(step, EachPrimary):
+                            reply = self.each_primary(step.make)
+                        else:
+                            reply = self.execute(step)
                     except CacheBusError:
                         program.close()
                         raise
@@ -202,6 +353,7 @@ class AsyncRunner:
         check_client(client)
         self.client = client
         self.cluster = is_cluster(client)
+        self._tags = _PrimaryTags()
 
     async def execute(self, calls: list[Call]) -> list[Any]:
         """Send one step's commands in one round trip (per node)."""
@@ -209,6 +361,51 @@ class AsyncRunner:
             return await self._execute(calls)
         except RedisError as exc:
             raise translate(exc) from exc
+
+    def primary_address(self, node_tag: str) -> str:
+        """``host:port`` of the primary a node tag stood for at the last EachPrimary."""
+        if not self.cluster:
+            return _standalone_address(self.client)
+        return self._tags.addresses.get(node_tag, f"node {node_tag}")
+
+    async def each_primary(self, make: Callable[[str], list[Call]]) -> dict[str, list[Any]]:
+        """Run an :class:`EachPrimary` step: ``make(tag)`` as one pipeline on one
+        connection per primary, the primaries concurrently."""
+        try:
+            return await self._each_primary(make)
+        except RedisError as exc:
+            if self.cluster:
+                with contextlib.suppress(Exception):
+                    await self.client.nodes_manager.initialize()  # type: ignore[union-attr]
+            raise translate(exc) from exc
+
+    async def _each_primary(self, make: Callable[[str], list[Call]]) -> dict[str, list[Any]]:
+        if not isinstance(self.client, redis.asyncio.cluster.RedisCluster):
+            calls = _check_each(make(STANDALONE_NODE_TAG))
+            replies = await self._pipeline(calls) if calls else []
+            _raise_first_error(replies)
+            return {STANDALONE_NODE_TAG: replies}
+        cluster = await self.client.initialize()
+        targets = self._tags.targets(cluster.nodes_manager, cluster.get_primaries())
+        work = [(tag, node, _check_each(make(tag))) for tag, node in targets]
+
+        async def send(node: Any, calls: list[Call]) -> list[Any]:
+            # ClusterNode.execute_pipeline: one connection, every command sent, then
+            # every reply read (error replies come back as exceptions).
+            commands = [
+                redis.asyncio.cluster.PipelineCommand(i, call.name, *call.args)
+                for i, call in enumerate(calls)
+            ]
+            if commands:
+                await node.execute_pipeline(commands)
+            return [c.result for c in commands]
+
+        results = await asyncio.gather(*(send(node, calls) for _, node, calls in work))
+        out: dict[str, list[Any]] = {}
+        for (tag, _, _), replies in zip(work, results, strict=True):
+            _raise_first_error(replies)
+            out[tag] = replies
+        return out
 
     async def _execute(self, calls: list[Call]) -> list[Any]:
         if not calls:
@@ -263,7 +460,10 @@ class AsyncRunner:
                         continue
                 else:
                     try:
-                        reply = await self.execute(step)
+                        if isinstance(step, EachPrimary):
+                            reply = await self.each_primary(step.make)
+                        else:
+                            reply = await self.execute(step)
                     except CacheBusError:
                         program.close()
                         raise

@@ -66,7 +66,6 @@ class Applier:
         self.settings = settings
         self.keys = KeyScheme(settings.prefix)
         self.invalidator = AsyncInvalidator(client, settings=settings)
-        self._runner = self.invalidator._runner
         self._uncommitted: dict[str, tuple[int, str]] = {}
         """Marks of applied events not yet in Redis (their batch's audits are still
         in flight): later batches treat them as raised, so a duplicate or older
@@ -77,13 +76,13 @@ class Applier:
         events are delivered, so a crash in between re-applies and re-audits
         them as applied rather than skipping them unaudited."""
         by_slot: dict[int, tuple[list[str], list[str | int]]] = {}
-        cluster = self._runner.cluster
+        cluster = self.invalidator.cluster
         for e in events:
             key = self.keys.hwm(e.doc_id)
             keys, args = by_slot.setdefault(key_slot(key.encode()) if cluster else 0, ([], []))
             keys.append(key)
             args += (e.doc_version, e.event_id)
-        await self._runner.execute(
+        await self.invalidator.execute(
             [HWM_SCRIPT.call(len(keys), *keys, *args) for keys, args in by_slot.values()]
         )
         for e in events:
@@ -91,14 +90,18 @@ class Applier:
                 del self._uncommitted[e.doc_id]
 
     async def apply(self, items: Sequence[tuple[DocumentEvent, Plan]]) -> list[Applied]:
-        """Apply in order (marks are raised later by :meth:`commit_marks`).
-        Raises CacheUnavailableError on Redis trouble; the caller retries the
-        whole batch (every step is idempotent)."""
+        """Apply in order (marks are raised later by :meth:`commit_marks`), then run
+        the witness step once for the batch (WAIT / WAITAOF if the settings ask;
+        fence if a primary lost writes).
+        Raises CacheUnavailableError on Redis trouble (DurabilityError: not on enough
+        replicas in time; RedisFullError: Redis at maxmemory, the control keys were
+        unlinked instead); the caller retries the whole batch (every step is
+        idempotent)."""
         results: list[Applied | None] = [None] * len(items)
         docs = list(dict.fromkeys(ev.doc_id for ev, _ in items))
         marks: dict[str, tuple[int, str] | None] = {}
         if docs:
-            (raw,) = await self._runner.execute(
+            (raw,) = await self.invalidator.execute(
                 [Call("MGET", tuple(self.keys.hwm(d) for d in docs))]
             )
             marks = {d: _parse_hwm(r) for d, r in zip(docs, raw, strict=True)}
@@ -133,6 +136,10 @@ class Applier:
 
         for indexes in rounds:
             await self._apply_round(items, indexes, results)
+        if rounds:
+            # Before the in-flight marks below: a batch that is not durable is retried
+            # whole, and its retry must not skip its own events.
+            await self.invalidator.confirm()
         for (event, _), result in zip(items, results, strict=True):
             if result is not None and result.outcome == "applied":
                 # In order, so a document's latest applied event wins.
@@ -155,12 +162,13 @@ class Applier:
             tags=[t for p in plans for t in p.tags],
             documents=documents,
             bump=[ns for p in plans for ns in p.bumps],
+            confirm=False,  # once per batch, in apply()
         )
         scanned: dict[str, int] = {}
         for p in plans:
             for pattern in p.scans:
                 if pattern not in scanned:
-                    scanned[pattern] = await self.invalidator.scan_delete(pattern)
+                    scanned[pattern] = await self.invalidator.scan_delete(pattern, confirm=False)
         for i in indexes:
             event, p = items[i]
             if event.doc_id in report.skipped:

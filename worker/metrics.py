@@ -25,3 +25,21 @@ EVENT_LAG_MS = Histogram(
     "Produce-to-audited latency of events, milliseconds",
     buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 30000),
 )
+DURABILITY_SHORTFALLS = Counter(
+    "cachebus_durability_shortfalls_total",
+    "Batches whose invalidations did not reach the required replicas / fsync in time "
+    "(DurabilityError; the batch is retried, nothing acked)",
+)
+REDIS_FULL = Counter(
+    "cachebus_redis_full_total",
+    "Batch attempts Redis refused at maxmemory under noeviction (the control keys were "
+    "unlinked instead; the batch is retried, nothing acked)",
+)
+FENCES = Counter(
+    "cachebus_fences_total",
+    "Fences written: a primary's witness went back (it lost writes), every cached entry "
+    "was retired by a new epoch",
+)
+FENCE_CHECKS = Counter(
+    "cachebus_fence_checks_total", "Periodic witness checks, by result", ["result"]
+)

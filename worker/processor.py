@@ -11,11 +11,14 @@ from typing import Any, TypeVar
 
 import structlog
 
+from cachebus.durability import FenceEvent
 from cachebus.errors import (
     CacheBusError,
     CacheUnavailableError,
+    DurabilityError,
     InvalidEventError,
     PermissionDeniedError,
+    RedisFullError,
 )
 from cachebus.keys import KeyScheme
 from cachebus.settings import Settings
@@ -26,12 +29,15 @@ from .audit import SourceRecord, audit_event, dead_letter, now_rfc3339, to_bytes
 from .events import DocumentEvent, parse_event
 from .planner import Plan, plan
 from .rules import Rules
+from .web import HealthState
 
 log = structlog.get_logger("cachebus.worker")
 T = TypeVar("T")
 
 BACKOFF_START = 0.05
 BACKOFF_MAX = 5.0
+FULL_LOG_INTERVAL = 60.0
+"""While Redis is full (or not durable), one log line per this many seconds, not per retry."""
 
 
 @dataclass(slots=True)
@@ -59,6 +65,7 @@ class Processor:
         worker_id: str,
         replay: bool = False,
         dry_run: bool = False,
+        health: HealthState | None = None,
     ) -> None:
         self.applier = applier
         self.settings = settings
@@ -67,7 +74,51 @@ class Processor:
         self.worker_id = worker_id
         self.replay = replay
         self.dry_run = dry_run
+        self.health = health
         self._debug = settings.log_level.lower() == "debug"
+        self._logged_at: dict[str, float] = {}
+        """Last rate-limited log line per condition (monotonic)."""
+        if applier is not None:
+            applier.invalidator.fence.listeners.append(self._on_fence)
+
+    def _on_fence(self, event: FenceEvent) -> None:
+        metrics.FENCES.inc()
+        if self.health is not None:
+            self.health.last_fence = event.as_dict()
+        log.error(
+            "redis primary lost writes; fenced (every cached entry is now a miss)",
+            primary=event.primary,
+            witness_key=event.witness_key,
+            remembered=event.remembered,
+            found=event.found,
+            epoch_written=event.epoch_written,
+            replay_command=event.replay_command,
+        )
+
+    async def check_fence(self) -> None:
+        """The periodic witness check (every ``fence_check_interval`` s): fences if a
+        primary lost writes. Never raises (Redis trouble shows on the batch path)."""
+        applier = self.applier
+        if applier is None or self.dry_run:
+            return
+        try:
+            report = await applier.invalidator.check_fence()
+        except RedisFullError as exc:  # the fence's SET was refused; the epoch was unlinked
+            metrics.FENCE_CHECKS.labels("redis_full").inc()
+            self._rate_limited("fence_full", log.error, "redis is full", error=str(exc))
+            return
+        except CacheBusError as exc:
+            metrics.FENCE_CHECKS.labels("error").inc()
+            log.debug("fence check failed", error=str(exc))
+            return
+        metrics.FENCE_CHECKS.labels("fenced" if report.fences else "ok").inc()
+
+    def _rate_limited(self, what: str, emit: Callable[..., Any], message: str, **kw: Any) -> None:
+        now = time.monotonic()
+        last = self._logged_at.get(what)
+        if last is None or now - last >= FULL_LOG_INTERVAL:
+            self._logged_at[what] = now
+            emit(message, **kw)
 
     async def process(self, records: Sequence[SourceRecord]) -> Outbound:
         out = Outbound()
@@ -167,18 +218,59 @@ class Processor:
                 result = await step()
                 if attempt:
                     log.info("redis is back; batch applied", attempts=attempt + 1)
+                self._recovered()
                 return result
             except (CacheUnavailableError, PermissionDeniedError) as exc:
-                # Transient (Redis down, timeouts) or a deployment error an operator
-                # fixes (ACL): either way wait, ack nothing, lose nothing.
+                # Transient (Redis down, timeouts, full, replicas behind) or a deployment
+                # error an operator fixes (ACL): either way wait, ack nothing, lose nothing.
                 attempt += 1
                 metrics.REDIS_RETRIES.inc()
-                log.warning(
-                    "redis unavailable; retrying batch",
-                    error=str(exc),
-                    attempt=attempt,
-                    retry_in_s=round(delay, 2),
-                    batch=batch,
-                )
+                if isinstance(exc, RedisFullError):
+                    metrics.REDIS_FULL.inc()
+                    if self.health is not None:
+                        self.health.redis_full = True
+                    self._rate_limited(
+                        "full",
+                        log.error,
+                        "redis is full (maxmemory, noeviction): batch waits unacked; its "
+                        "control keys were unlinked (misses, never stale reads); free memory "
+                        "or raise maxmemory",
+                        error=str(exc),
+                        attempt=attempt,
+                        batch=batch,
+                    )
+                elif isinstance(exc, DurabilityError):
+                    metrics.DURABILITY_SHORTFALLS.inc()
+                    if self.health is not None:
+                        self.health.durability_shortfall = str(exc)
+                    self._rate_limited(
+                        "durability",
+                        log.warning,
+                        "invalidations not durable in time; retrying batch",
+                        error=str(exc),
+                        attempt=attempt,
+                        batch=batch,
+                    )
+                else:
+                    log.warning(
+                        "redis unavailable; retrying batch",
+                        error=str(exc),
+                        attempt=attempt,
+                        retry_in_s=round(delay, 2),
+                        batch=batch,
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
+
+    def _recovered(self) -> None:
+        health = self.health
+        if health is not None and (health.redis_full or health.durability_shortfall):
+            log.info(
+                "redis accepts the batches again",
+                was_full=health.redis_full,
+                was_not_durable=health.durability_shortfall is not None,
+            )
+            health.redis_full = False
+            health.durability_shortfall = None
+        self._logged_at.pop("full", None)
+        self._logged_at.pop("durability", None)
