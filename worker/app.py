@@ -34,6 +34,7 @@ from cachebus.settings import Settings
 from . import metrics
 from .applier import Applier
 from .audit import SourceRecord
+from .monitor import BatchSample, Monitor, MonitorConfig
 from .processor import Outbound, Processor
 from .rules import Rules, load_rules
 from .web import HealthState, start_web
@@ -88,6 +89,8 @@ class InFlight:
     records: list[SourceRecord]
     out: Outbound
     deliveries: list[Awaitable[Any]]
+    sample: BatchSample | None = None
+    """The consistency monitor's note of the batch (worker.monitor)."""
 
 
 def _exit_unprocessed(exc: BaseException, events: list[EventT[Any]]) -> NoReturn:
@@ -142,14 +145,18 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
     app, events_topic = faust_app(settings, wid)
     health = HealthState()
     state: dict[str, Any] = {}
+    monitor_config = MonitorConfig.from_env().checked(settings)  # ConfigError: refuse to start
 
     async def processor() -> Processor:
         if "processor" not in state:
             client = await connect_async(settings, ping=False)
             state["client"] = client
             state["processor"] = Processor(
-                Applier(client, settings), settings, rules, worker_id=wid
+                Applier(client, settings), settings, rules, worker_id=wid, health=health
             )
+            monitor = Monitor(client, settings, monitor_config, worker_id=wid)
+            monitor.start()  # its checks run in a task of their own
+            state["monitor"] = monitor
         proc: Processor = state["processor"]
         return proc
 
@@ -171,6 +178,14 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
         for tp, offset in processed.items():
             _set_lag(app, tp, offset)
 
+    if settings.fence_check_interval > 0:
+
+        @app.timer(interval=settings.fence_check_interval)  # type: ignore[untyped-decorator]
+        async def check_fence() -> None:
+            # Witnesses of every primary, also while idle: a primary that lost writes
+            # is fenced even if no batch comes (docs/consistency.md).
+            await (await processor()).check_fence()
+
     @app.task  # type: ignore[untyped-decorator]
     async def serve_health() -> None:
         if settings.web_port:
@@ -191,6 +206,8 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
             ):
                 try:
                     records = [record_of(e) for e in events]
+                    # Canaries of sampled documents, before the batch is applied (bounded).
+                    sample = await state["monitor"].before(records)
                     out = await proc.process(records)
                     # The transport producer directly: topic.send's per-message machinery
                     # (channels, FutureMessage) costs more than the whole invalidation.
@@ -203,7 +220,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
                         await producer.send(settings.audit_topic, k, v, None, None, None)
                         for k, v in out.audits
                     ]
-                    await in_flight.put(InFlight(events, records, out, futures))
+                    await in_flight.put(InFlight(events, records, out, futures, sample))
                 except asyncio.CancelledError:
                     raise
                 except BaseException as exc:
@@ -214,6 +231,8 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(in_flight.join()), DRAIN_SECONDS)
             finisher.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await state["monitor"].aclose()  # publish its last counts
 
     async def finish(manual: Any, in_flight: asyncio.Queue[InFlight]) -> None:
         proc = await processor()
@@ -234,6 +253,8 @@ def create_app(settings: Settings, rules: Rules | None = None) -> faust.App:
                 _observe(app, batch.events, batch.records, batch.out.outcomes, health, processed)
             except Exception as exc:  # metrics must never take the agent down
                 log.warning("metrics update failed", error=repr(exc))
+            # Audits delivered: the consistency checks (only enqueued; never raises).
+            state["monitor"].after(batch.sample, batch.out)
 
     log.info(
         "worker configured",

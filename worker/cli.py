@@ -164,6 +164,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.warm",
     "worker.acl_cli",
     "worker.gc_cli",
+    "worker.monitor",
 )
 
 

@@ -170,6 +170,9 @@ class LocalStack:
             worker_id=name, web_port=overrides.pop("web_port", _free_port()), **overrides
         )
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+        # The consistency monitor's canaries are keys of their own: test workers run
+        # without them unless a test (or the caller's environment) asks for them.
+        env.setdefault("CACHEBUS_MONITOR_SAMPLE_RATE", "0")
         log_path = self.log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
         out = log_path.open("wb")
         proc = subprocess.Popen(

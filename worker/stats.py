@@ -30,6 +30,8 @@ from cachebus.keys import KeyScheme
 from cachebus.runner import SyncClient, is_cluster, translate
 from cachebus.settings import Settings
 
+from .monitor import DEFAULT_WINDOW, parse_window, read_consistency
+
 LAYERS: tuple[tuple[str, str], ...] = (
     ("qe", "query_embeddings"),
     ("de", "document_embeddings"),
@@ -252,9 +254,11 @@ def collect(
     kafka: bool = True,
     kafka_timeout: float = 10.0,
     progress: Callable[[str], None] | None = None,
+    consistency_window: float = 900.0,
 ) -> dict[str, Any]:
     """Everything ``cachebus stats`` shows, as JSON-ready data. Redis errors
-    raise; a Kafka failure is reported under ``kafka.error``."""
+    raise; a Kafka failure is reported under ``kafka.error``. ``consistency``: the
+    workers' consistency checks over the last ``consistency_window`` seconds."""
     usage, other = scan_layers(client, settings.prefix, sample_size=sample_size, progress=progress)
     published = metrics_store.read(client, settings.prefix)
     memory = _info(client, "memory")
@@ -277,6 +281,7 @@ def collect(
         "other_keys": other,
         "redis_used_memory": used_memory(memory),
         "redis_eviction": eviction(memory, _info(client, "stats")),
+        "consistency": read_consistency(client, settings.prefix, consistency_window).as_dict(),
         "kafka": None,
     }
     if kafka:
@@ -335,6 +340,9 @@ def render(report: dict[str, Any]) -> str:
                 "loses the invalidation it recorded. Use maxmemory-policy noeviction "
                 "(docs/operations.md, Memory policy)."
             )
+    consistency = report.get("consistency")
+    if consistency is not None:
+        lines.append(consistency["line"])
     kafka = report.get("kafka")
     if kafka is None:
         return "\n".join(lines)
@@ -386,6 +394,11 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
         "--kafka-timeout", type=float, default=10.0, help="seconds to wait for Kafka (default 10)"
     )
     p.add_argument("--no-kafka", action="store_true", help="skip the consumer lag")
+    p.add_argument(
+        "--window",
+        default=DEFAULT_WINDOW,
+        help=f"window of the consistency line: 15m, 2h, 1d (default {DEFAULT_WINDOW})",
+    )
     p.set_defaults(run=run)
 
 
@@ -393,6 +406,7 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO | None = None)
     """Print the stats; exit 0 unless Redis cannot be read (that raises
     :class:`~cachebus.errors.CacheUnavailableError`, exit 2 in the CLI)."""
     out = out or sys.stdout
+    window = parse_window(getattr(args, "window", DEFAULT_WINDOW))
     client = connect(settings)
     try:
         report = collect(
@@ -402,6 +416,7 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO | None = None)
             kafka=not args.no_kafka,
             kafka_timeout=args.kafka_timeout,
             progress=_Progress(sys.stderr),
+            consistency_window=window,
         )
     finally:
         client.close()
