@@ -115,7 +115,8 @@ class TestKeyScheme:
     def test_generation_in_key(self) -> None:
         """A version bump changes the key."""
         keys = KeyScheme("cb")
-        assert keys.query_embedding("m", "1", 1, "t", "e") != keys.query_embedding("m", "1", 2, "t", "e")
+        one = keys.query_embedding("m", "1", 1, "t", "e")
+        assert one != keys.query_embedding("m", "1", 2, "t", "e")
         assert keys.query_embedding("m", "1", 1, "t", "e") != keys.query_embedding(
             "m", "1", 1, "t", "f"
         )

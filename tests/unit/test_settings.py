@@ -86,5 +86,5 @@ class _Core:
 def test_embedding_service_refuses_another_model_version() -> None:
     """A cache keyed under version 1 must not serve an embedder of version 7."""
     check_model(_Core("text-embedding-3-small", "7"), _Embedder())
-    with pytest.raises(ConfigError, match="version '7'.*version '1'"):
+    with pytest.raises(ConfigError, match=r"version '7'.*version '1'"):
         check_model(_Core("text-embedding-3-small", "1"), _Embedder())
