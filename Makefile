@@ -16,7 +16,7 @@ test-unit:        ## pure logic only (no services)
 	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint:
-	$(PYTHON) -m ruff check cachebus worker tests bench soak
+	$(PYTHON) -m ruff check cachebus worker tests bench soak consistency
 	$(PYTHON) -m mypy
 
 # The fidelity section needs the bench-models extra (all-MiniLM-L6-v2 via sentence-transformers
@@ -37,3 +37,7 @@ bench-quick: setup  ## benchmark smoke run (~1 min); report in bench/out/
 .PHONY: soak
 soak: setup       ## 10 min of steady traffic with periodic faults (not part of `make test`)
 	$(PYTHON) -m soak.run
+
+.PHONY: consistency
+consistency: setup  ## failure-mode suite on real redis-servers (< 15 min); report in docs/consistency-report.md
+	$(PYTHON) -m consistency.run

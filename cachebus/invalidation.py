@@ -90,8 +90,17 @@ class InvalidationCore:
         """The control keys an invalidation raises: tag stamps, the documents' stamps
         and chunk-embedding hashes, the bumped namespaces' generations. Unlinking
         them is the invalidation's fallback when Redis is full: a missing stamp or
-        generation reads as invalidated (and UNLINK is allowed under OOM)."""
+        generation reads as invalidated (and UNLINK is allowed under OOM).
+
+        With stamps, the sequence goes too. A stamp is re-created at the sequence read
+        after it was seen missing, which is safe only because every invalidation
+        raises the sequence before its stamps; this one could not. A missing sequence
+        is re-created together with a new epoch before any ticket or stamp can use it
+        (the sequence script), so every entry computed before becomes a miss once
+        memory frees, before a stamp could be re-created below them."""
         keys = [self.keys.stamp(t) for t in tags]
+        if tags or documents:
+            keys.append(self.keys.seq())
         for doc in documents:
             keys += [
                 self.keys.stamp(Tag.doc(doc.doc_id)),

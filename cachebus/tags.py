@@ -19,9 +19,10 @@ invalidation raises the stamp and drops the embeddings in one script.
 
 Lost control state costs misses, never stale reads (docs/consistency.md): a
 missing stamp counts as invalidated and is re-created only at a sequence read
-after it was seen missing; a missing generation is re-created at a random value
-(a namespace never used before); every entry is written under the fence epoch,
-which a lost sequence, a lost epoch key or a detected data loss replaces.
+after it was seen missing; a missing
+generation is re-created at a random value (a namespace never used before);
+every entry is written under the fence epoch, which a lost sequence, a lost
+epoch key or a detected data loss replaces.
 """
 
 from __future__ import annotations
