@@ -34,7 +34,9 @@ import redis
 
 import cachebus
 from cachebus.codecs import pack_tagged
+from cachebus.runner import SyncRunner
 from cachebus.search_results import SearchRequest, SearchResultsCore
+from cachebus.tags import Ticket, take_ticket
 
 from .client_layers import BenchError
 from .lesson_baseline import LessonCacheInvalidator, LessonSearchResultsCache
@@ -140,21 +142,27 @@ class OursWriter:
         self.core = SearchResultsCore(settings, COLLECTION)
         self.ttl = settings.search_results_ttl
 
-    def entry(self, space: Keyspace, i: int, seq: int, generation: int) -> tuple[str, bytes]:
+    def tokens(self, space: Keyspace, i: int) -> list[str]:
+        hits = space.hits(i)
+        return sorted(
+            {self.core.collection_tag.token, *(cachebus.Tag.doc(h.doc_id).token for h in hits)}
+        )
+
+    def entry(self, space: Keyspace, i: int, ticket: Ticket) -> tuple[str, bytes]:
         hits = space.hits(i)
         request = SearchRequest(space.query(i), None, TOP_K)
+        generation = ticket.generations[self.core.namespace]
         key = self.core.keys.search_results(COLLECTION, generation, request.digest())
-        tokens = {self.core.collection_tag.token, *(cachebus.Tag.doc(h.doc_id).token for h in hits)}
-        tags = sorted(tokens)
-        return key, pack_tagged(seq, tags, self.core.encode_value(hits))
+        payload = self.core.encode_value(hits)
+        return key, pack_tagged(ticket.seq, self.tokens(space, i), payload, ticket.epoch)
 
     def prove_identical(self, client: redis.Redis, space: Keyspace, count: int = 20) -> None:
         """Write ``count`` entries through the library and compare with our bytes."""
         cache = cachebus.SearchResultsCache(client, COLLECTION, settings=self.settings)
-        seq, gen = self.ticket(client)
+        ticket = self.ticket(client)
         for i in range(count):
-            cache.set(space.query(i), space.hits(i), None, TOP_K)
-            key, payload = self.entry(space, i, seq, gen)
+            cache.set(space.query(i), space.hits(i), None, TOP_K, ticket=ticket)
+            key, payload = self.entry(space, i, ticket)
             stored = client.get(key)
             if stored != payload:
                 raise BenchError(
@@ -162,17 +170,24 @@ class OursWriter:
                     f"({stored!r:.80} vs {payload!r:.80})"
                 )
 
-    def ticket(self, client: redis.Redis) -> tuple[int, int]:
-        keys = self.core.keys
-        seq, gen = client.mget([keys.seq(), keys.generation(self.core.namespace)])
-        return int(seq or 0), int(gen or 0)
+    def ticket(self, client: redis.Redis) -> Ticket:
+        """A ticket as the library takes it (creates the sequence, epoch, generation)."""
+        return SyncRunner(client).run(take_ticket(self.core.keys, [self.core.namespace]))
 
     def populate(self, client: redis.Redis, space: Keyspace, upto: int) -> None:
-        seq, gen = self.ticket(client)
+        """Bulk-write ``upto`` entries as the library would, and their tags' stamps (at the
+        ticket's sequence, as the library's first write creates them)."""
+        ticket = self.ticket(client)
         pipe = client.pipeline(transaction=False)
+        stamps: set[str] = set()
         for i in range(upto):
-            key, payload = self.entry(space, i, seq, gen)
+            key, payload = self.entry(space, i, ticket)
+            stamps.update(self.tokens(space, i))
             pipe.set(key, payload, ex=self.ttl)
+            if len(pipe) >= WRITE_CHUNK:
+                pipe.execute()
+        for token in stamps:
+            pipe.set(self.core.keys.stamp(cachebus.Tag(token)), ticket.seq, nx=True)
             if len(pipe) >= WRITE_CHUNK:
                 pipe.execute()
         pipe.execute()

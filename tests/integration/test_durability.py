@@ -478,3 +478,28 @@ async def test_worker_periodic_check_fences() -> None:
         await proc.check_fence()  # once
         assert sample("cachebus_fences_total") == fences + 1
         await client.aclose()
+
+
+def test_unconfirmed_invalidations_lost_in_failover_do_not_fence(
+    replicated: ReplicatedRedis,
+) -> None:
+    """With durability on, a witness the replica never confirmed is not remembered:
+    losing it loses nothing acknowledged (the invalidation raised DurabilityError and
+    is retried), so the failover costs no fence and the cache stays warm."""
+    durable = S.with_(durability_replicas=1, durability_timeout_ms=200)
+    client = replicated.client()
+    inv = Invalidator(client, settings=durable)
+    inv.invalidate(tags=[Tag.user("a")])  # confirmed by the replica
+    confirmed = inv.fence.seen()
+    replicated.wait_synced()
+    epoch = client.get(KEYS.epoch())
+    replicated.stall_replication()
+    with pytest.raises(DurabilityError):
+        inv.invalidate_documents(["d"])
+    assert inv.fence.seen() == confirmed  # the unconfirmed witness is not remembered
+    promoted = redis.Redis.from_url(replicated.failover())
+    after = Invalidator(promoted, settings=S, fence=inv.fence)
+    assert not after.check_fence().fences
+    assert promoted.get(KEYS.epoch()) == epoch
+    promoted.close()
+    client.close()

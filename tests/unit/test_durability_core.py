@@ -267,6 +267,7 @@ def test_redis_full_fallback_keys() -> None:
     assert keys == [
         KEYS.stamp(Tag.user("x")),
         KEYS.stamp(Tag.collection("kb")),
+        KEYS.seq(),  # the invalidation could not raise it: see control_keys
         KEYS.stamp(Tag.doc("d1")),
         KEYS.document_embeddings("d1"),
         KEYS.stamp(Tag.doc("d2")),
@@ -274,6 +275,8 @@ def test_redis_full_fallback_keys() -> None:
         KEYS.generation("sr.kb"),
     ]
     assert core.full_fallback(keys) == [Call("UNLINK", tuple(keys))]
+    # A bump alone raises no stamp: the sequence stays.
+    assert core.control_keys([], [], ["sr.kb"]) == [KEYS.generation("sr.kb")]
     with pytest.raises(ConfigError):
         InvalidationCore(Settings(prefix="cb"), fence=FenceMonitor("other"))
 
