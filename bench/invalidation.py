@@ -134,6 +134,10 @@ class Keyspace:
         return {self.doc(int(d)) for d in self.hit_docs[i]}
 
 
+CONTROL_KEYS = 3
+"""The sequence, the epoch and the collection's generation (created by the ticket)."""
+
+
 class OursWriter:
     """Builds cachebus search result entries exactly as the library writes them."""
 
@@ -174,7 +178,7 @@ class OursWriter:
         """A ticket as the library takes it (creates the sequence, epoch, generation)."""
         return SyncRunner(client).run(take_ticket(self.core.keys, [self.core.namespace]))
 
-    def populate(self, client: redis.Redis, space: Keyspace, upto: int) -> None:
+    def populate(self, client: redis.Redis, space: Keyspace, upto: int) -> int:
         """Bulk-write ``upto`` entries as the library would, and their tags' stamps (at the
         ticket's sequence, as the library's first write creates them)."""
         ticket = self.ticket(client)
@@ -191,6 +195,7 @@ class OursWriter:
             if len(pipe) >= WRITE_CHUNK:
                 pipe.execute()
         pipe.execute()
+        return len(stamps)
 
 
 class LessonWriter:
@@ -354,9 +359,12 @@ def run(
         if db == 1:
             ours.prove_identical(client, space)
             client.flushdb()
-        ours.populate(client, space, n)
-        if int(client.dbsize()) != n:
-            raise BenchError(f"ours: {client.dbsize()} keys in db {db}, expected {n}")
+        stamps = ours.populate(client, space, n)
+        if int(client.dbsize()) != n + stamps + CONTROL_KEYS:
+            raise BenchError(
+                f"ours: {client.dbsize()} keys in db {db}, expected {n} entries, {stamps} "
+                f"stamps and {CONTROL_KEYS} control keys"
+            )
         clients[n] = client
         progress(f"invalidation: {n:,} cachebus entries written ({time.perf_counter() - t0:.1f} s)")
     memory = int(admin.info("memory")["used_memory"])
