@@ -27,13 +27,19 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _git_revision() -> str:
+def git_revision(repo: Path | None = None) -> str:
+    """``<short sha>`` of ``repo`` (default: the working directory), ``+dirty`` when
+    tracked files changed; ``unknown`` without git."""
+    where = ["-C", str(repo)] if repo is not None else []
     try:
         rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ["git", *where, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", *where, "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
             check=True,
@@ -108,7 +114,7 @@ def describe(client: redis.Redis) -> dict[str, Any]:
         "redis_allocator": str(memory.get("mem_allocator")),
         "redis_benchmark": benchmark_version(),
         "cachebus": cachebus.__version__,
-        "git": _git_revision(),
+        "git": git_revision(),
         "memory_gib": memory_gib(),
         "redisvl": _version("redisvl"),
         "sentence_transformers": _version("sentence-transformers"),

@@ -426,6 +426,9 @@ class Durability:
             # Identity, not equality: a fallback (Redis full) may have taken them already.
             mine = [r for r in regressions if any(r is p for p in self._pending)]
             self._pending = [p for p in self._pending if not any(p is r for r in regressions)]
+        return self._record(mine, epoch_written=True)
+
+    def _record(self, regressions: list[_Regression], *, epoch_written: bool) -> list[FenceEvent]:
         return [
             self.monitor.fenced(
                 r.node_tag,
@@ -433,8 +436,9 @@ class Durability:
                 r.found,
                 incremented=r.incremented,
                 primary=self.describe(r.node_tag),
+                epoch_written=epoch_written,
             )
-            for r in mine
+            for r in regressions
         ]
 
     # Redis full: the fence's SET was refused ------------------------------------
@@ -448,14 +452,4 @@ class Durability:
         """Record the pending fences as done by unlinking the epoch."""
         with self._pending_lock:
             pending, self._pending = self._pending, []
-        return [
-            self.monitor.fenced(
-                r.node_tag,
-                r.snap,
-                r.found,
-                incremented=r.incremented,
-                primary=self.describe(r.node_tag),
-                epoch_written=False,
-            )
-            for r in pending
-        ]
+        return self._record(pending, epoch_written=False)

@@ -239,10 +239,6 @@ class Ticket:
         return time.monotonic() - self.issued_at
 
 
-def as_int(reply: Any) -> int:
-    return 0 if reply is None else int(reply)
-
-
 def as_text(reply: Any) -> str | None:
     if reply is None:
         return None

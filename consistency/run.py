@@ -31,6 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.machine import git_revision
+
 from . import report as rep
 from .baseline import BASELINE_COMMIT, REPO, Baseline, extract, subprocess_env
 from .model import Code, Scenario, load_scenarios
@@ -97,25 +99,6 @@ def run_job(
             result["error"] = f"imported cachebus from {library}, not the baseline"
             result["rows"] = []
     return result
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + ("+dirty" if dirty else "")
 
 
 def redis_server_version() -> str:
@@ -234,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "meta": {
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "quick": args.quick,
-            "git": git_revision(),
+            "git": git_revision(REPO),
             "redis_version": redis_server_version(),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),

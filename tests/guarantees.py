@@ -1,4 +1,4 @@
-"""The created/updated/deleted scenario of DESIGN.md's guarantees 1-3, shared by
+"""The created/updated/deleted scenario of the README's guarantees 1-3, shared by
 the end-to-end tests with one worker and with two workers in one group."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The faust app: topics and one agent. Wiring only; the logic lives in the
 processor, planner and applier.
 
-Faust traps avoided here (see DESIGN.md): agent concurrency 1;
+Faust traps avoided here: agent concurrency 1 (an offset bug loses events above 1);
 ``noack_take`` plus explicit acks after the audit and dead-letter messages are
 delivered (plain ``take`` acks a batch even when the agent raises); Redis
 calls have timeouts; faust's web server and table views are off.

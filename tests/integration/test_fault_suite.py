@@ -3,7 +3,7 @@
 Each test streams a few thousand events over hundreds of documents with
 increasing versions, injects one fault while the stream is being processed
 (proved: fewer audits than events at the fault), and then checks what
-DESIGN.md guarantees 4 and 6 promise:
+the README's guarantees 4 and 6 promise:
 
 * every event has an ``applied`` audit (none lost); a re-delivery may add a
   second ``applied`` or a ``skipped_*`` audit, counted as "duplicated audits";

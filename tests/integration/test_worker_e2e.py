@@ -1,5 +1,5 @@
 """The worker end to end: real Kafka producer -> faust worker process -> real
-Redis, audits consumed from the audit topic (DESIGN.md guarantees 1-5)."""
+Redis, audits consumed from the audit topic (the README's guarantees 1-5)."""
 
 from __future__ import annotations
 

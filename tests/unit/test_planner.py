@@ -1,4 +1,4 @@
-"""The planner: (event, rules) -> invalidation plan, as DESIGN.md describes it (pure)."""
+"""The planner: (event, rules) -> invalidation plan, as the README's rules table says (pure)."""
 
 from __future__ import annotations
 
