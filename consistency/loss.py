@@ -53,19 +53,19 @@ FULL = Size(entries=2_000, docs=500, invalidated=200)
 QUICK = Size(entries=400, docs=100, invalidated=40)
 
 
-def _size(ctx: RunContext) -> Size:
+def size_of(ctx: RunContext) -> Size:
     return QUICK if ctx.quick else FULL
 
 
-def _queries(size: Size) -> list[str]:
+def queries(size: Size) -> list[str]:
     return [f"q{i}" for i in range(size.entries)]
 
 
-def _settings(code: Code, **extra: Any) -> Any:
+def loss_settings(code: Code, **extra: Any) -> Any:
     return make_settings(code, prefix="cb", **extra)
 
 
-def _workload(client: Any, settings: Any, oracle: Oracle, size: Size, monitor: Any) -> Workload:
+def loss_workload(client: Any, settings: Any, oracle: Oracle, size: Size, monitor: Any) -> Workload:
     """A workload whose invalidator shares ``monitor`` (the new library's FenceMonitor:
     the process keeps what it saw across reconnects, as the worker does)."""
     w = Workload(client, settings, oracle, docs=size.docs)
@@ -76,7 +76,7 @@ def _workload(client: Any, settings: Any, oracle: Oracle, size: Size, monitor: A
     return w
 
 
-def _monitor(code: Code) -> Any:
+def fence_monitor(code: Code) -> Any:
     if code == "baseline":
         return None
     from cachebus.durability import FenceMonitor
@@ -84,25 +84,25 @@ def _monitor(code: Code) -> Any:
     return FenceMonitor("cb")
 
 
-def _fill(w: Workload, size: Size) -> None:
-    for q in _queries(size):
+def fill(w: Workload, size: Size) -> None:
+    for q in queries(size):
         w.write_search(COLLECTION, q)
 
 
-def _victims(size: Size) -> list[str]:
+def victims(size: Size) -> list[str]:
     return [f"doc-{i:05d}" for i in range(size.invalidated)]
 
 
-def _invalidate(w: Workload, size: Size) -> list[str]:
+def invalidate_victims(w: Workload, size: Size) -> list[str]:
     """Invalidate the victims one call each; returns those whose call did not complete."""
     failed = []
-    for doc in _victims(size):
+    for doc in victims(size):
         if not w.invalidate_documents([doc]).counted:
             failed.append(doc)
     return failed
 
 
-def _check_fence(w: Workload) -> int:
+def check_fence(w: Workload) -> int:
     """The fence check the worker runs every ``fence_check_interval``; returns fences."""
     check = getattr(w.bus.invalidator, "check_fence", None)
     if check is None:
@@ -111,25 +111,25 @@ def _check_fence(w: Workload) -> int:
     return len(getattr(report, "fences", []) or [])
 
 
-def _read_passes(w: Workload, size: Size) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+def read_passes(w: Workload, size: Size) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """Every entry read once without refills (right after the loss), then once with
     refills, then once more: (first pass, the two later passes)."""
-    first = _read_all(w, size, refill=False)
-    second = _read_all(w, size, refill=True)
-    third = _read_all(w, size, refill=False)
+    first = read_all(w, size, refill=False)
+    second = read_all(w, size, refill=True)
+    third = read_all(w, size, refill=False)
     return first, (second[0] + third[0], second[1] + third[1], second[2] + third[2])
 
 
-def _read_all(w: Workload, size: Size, *, refill: bool) -> tuple[int, int, int]:
+def read_all(w: Workload, size: Size, *, refill: bool) -> tuple[int, int, int]:
     before = w.oracle.total()
     reads0, hits0, stale0 = before.reads, before.hits, before.stale
-    for q in _queries(size):
+    for q in queries(size):
         w.read_search(COLLECTION, q, refill=refill)
     after = w.oracle.total()
     return after.reads - reads0, after.hits - hits0, after.stale - stale0
 
 
-def _row(
+def loss_row(
     ctx: RunContext,
     *,
     scenario: str,
@@ -177,23 +177,23 @@ def _failover_case(
 ) -> Row:
     from .servers import ReplicatedRedis
 
-    size = _size(ctx)
+    size = size_of(ctx)
     oracle = Oracle()
-    monitor = _monitor(ctx.code)
+    monitor = fence_monitor(ctx.code)
     extra: dict[str, Any] = {}
     if durable:
         extra = {"durability_replicas": 1, "durability_timeout_ms": 200}
-    settings = _settings(ctx.code, **extra)
+    settings = loss_settings(ctx.code, **extra)
     durability_error = error_named("DurabilityError")
     with ReplicatedRedis(replica_config=replica_config, replica_server_bin=replica_bin) as pair:
         client = pair.client()
-        w = _workload(client, settings, oracle, size, monitor)
+        w = loss_workload(client, settings, oracle, size, monitor)
         ctx.progress(f"{label}: {size.entries} entries on the primary")
-        _fill(w, size)
+        fill(w, size)
         pair.wait_synced()
         pair.stall_replication()
         ctx.progress(f"{label}: replication stalled; {size.invalidated} invalidations")
-        failed = _invalidate(w, size)
+        failed = invalidate_victims(w, size)
         errors = dict(w.errors)
         ctx.progress(f"{label}: failover (primary SIGKILLed, replica promoted)")
         pair.failover()
@@ -204,13 +204,13 @@ def _failover_case(
             # A replacement replica joins the new primary (Sentinel or an operator does):
             # without one no invalidation can be durable, and the retries keep waiting.
             replacement = _replica_of(pair.url)
-        w2 = _workload(client, settings, oracle, size, monitor)
+        w2 = loss_workload(client, settings, oracle, size, monitor)
         retried = 0
         for doc in failed:  # what the worker does: the batch was never acked
             if w2.retry_documents([doc]).counted:
                 retried += 1
-        fences = _check_fence(w2)
-        first, again = _read_passes(w2, size)
+        fences = check_fence(w2)
+        first, again = read_passes(w2, size)
         client.close()
         if replacement is not None:
             replacement.stop()
@@ -222,7 +222,7 @@ def _failover_case(
     )
     if durability_error is None and durable:
         failed_note += " (no durability setting in this library)"
-    return _row(
+    return loss_row(
         ctx,
         scenario=f"failover after stalled replication{label and ': ' + label}",
         config=(
@@ -296,26 +296,34 @@ def _replica_of(url: str) -> Any:
 # --------------------------------------------------------------------------- crashes
 
 
+CRASH_MODES: dict[str, tuple[list[str], str]] = {
+    "aof": (
+        ["appendonly yes", "appendfsync everysec", "aof-use-rdb-preamble no"],
+        "appendfsync everysec, machine crash: AOF cut back to its last fsync",
+    ),
+    "rdb": (
+        ['save ""', "appendonly no", "dbfilename dump.rdb"],
+        "RDB only: restart from the last snapshot",
+    ),
+}
+"""Redis configuration and row label of each crash mode."""
+
+
 def _crash_case(ctx: RunContext, *, mode: str) -> Row:
     """``mode``: ``aof`` (appendfsync everysec; the AOF is cut back to the state of its
     last fsync before the invalidations) or ``rdb`` (snapshot before the invalidations)."""
     from cachebus.testing import RedisServer
 
-    size = _size(ctx)
+    size = size_of(ctx)
     oracle = Oracle()
-    monitor = _monitor(ctx.code)
-    settings = _settings(ctx.code)
-    if mode == "aof":
-        config = ["appendonly yes", "appendfsync everysec", "aof-use-rdb-preamble no"]
-        label = "appendfsync everysec, machine crash: AOF cut back to its last fsync"
-    else:
-        config = ['save ""', "appendonly no", "dbfilename dump.rdb"]
-        label = "RDB only: restart from the last snapshot"
+    monitor = fence_monitor(ctx.code)
+    settings = loss_settings(ctx.code)
+    config, label = CRASH_MODES[mode]
     with RedisServer(use_env=False, extra_config=config) as server:
         client = server.client()
-        w = _workload(client, settings, oracle, size, monitor)
+        w = loss_workload(client, settings, oracle, size, monitor)
         ctx.progress(f"{mode}: {size.entries} entries")
-        _fill(w, size)
+        fill(w, size)
         assert server.directory is not None
         saved = Path(tempfile.mkdtemp(prefix="cb-loss-"))
         try:
@@ -325,7 +333,7 @@ def _crash_case(ctx: RunContext, *, mode: str) -> Row:
             else:
                 client.save()
             ctx.progress(f"{mode}: {size.invalidated} invalidations after the durable point")
-            _invalidate(w, size)
+            invalidate_victims(w, size)
             client.close()
             server.kill()
             if mode == "aof":
@@ -335,11 +343,11 @@ def _crash_case(ctx: RunContext, *, mode: str) -> Row:
         finally:
             shutil.rmtree(saved, ignore_errors=True)
         client = server.client()
-        w2 = _workload(client, settings, oracle, size, monitor)
-        fences = _check_fence(w2)
-        first, again = _read_passes(w2, size)
+        w2 = loss_workload(client, settings, oracle, size, monitor)
+        fences = check_fence(w2)
+        first, again = read_passes(w2, size)
         client.close()
-    return _row(
+    return loss_row(
         ctx,
         scenario=f"crash and restart: {label}",
         config=", ".join(config)
@@ -433,29 +441,29 @@ def skewed_redis_binary(offset_s: float) -> Iterator[tuple[str, Callable[[float]
 def sequence_lost_clock_back(ctx: RunContext) -> list[Row]:
     from cachebus.testing import RedisServer
 
-    size = _size(ctx)
+    size = size_of(ctx)
     oracle = Oracle()
-    settings = _settings(ctx.code)
+    settings = loss_settings(ctx.code)
     with (
         skewed_redis_binary(0) as (binary, set_offset),
         RedisServer(use_env=False, redis_server_bin=binary) as server,
     ):
         client = server.client()
-        w = _workload(client, settings, oracle, size, None)
+        w = loss_workload(client, settings, oracle, size, None)
         w.invalidate_documents(["unrelated"])  # the sequence exists, near the clock
         ctx.progress(f"{size.entries} entries")
-        _fill(w, size)
+        fill(w, size)
         # The sequence key is lost (evicted, or a partial restore) and the host
         # clock steps back 120 s (NTP correction, VM migration).
         client.delete(b"cb:seq")
         set_offset(-120)
         time.sleep(0.05)  # the shim re-reads the offset every 5 ms
         ctx.progress(f"clock -120 s, sequence lost; {size.invalidated} invalidations")
-        _invalidate(w, size)
-        first, again = _read_passes(w, size)
+        invalidate_victims(w, size)
+        first, again = read_passes(w, size)
         client.close()
     return [
-        _row(
+        loss_row(
             ctx,
             scenario="sequence lost, then the server clock steps back 120 s",
             config="standalone, no persistence, redis-server's clock shifted by an LD_PRELOAD shim",

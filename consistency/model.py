@@ -33,7 +33,11 @@ from typing import Any, Literal
 Code = Literal["new", "baseline"]
 CODES: tuple[Code, ...] = ("new", "baseline")
 
-SCENARIO_MODULES: tuple[str, ...] = ("consistency.eviction", "consistency.loss")
+SCENARIO_MODULES: tuple[str, ...] = (
+    "consistency.eviction",
+    "consistency.loss",
+    "consistency.cluster_loss",
+)
 """Modules whose import registers scenarios, in report order (missing ones are skipped)."""
 
 
