@@ -1,17 +1,64 @@
-"""The ``cachebus`` command: worker, publish, audit tail."""
+"""The ``cachebus`` command: worker, publish, audit tail, replay, warm, stats, verify,
+acl, gc.
+
+Errors are one line on stderr (``cachebus: ...``) and a non-zero exit; ``--debug``
+adds the traceback. Exit codes:
+
+* 0: done;
+* 1: the command ran and the answer is no: ``verify`` found violations (or too few
+  checks), ``publish`` refused invalid lines, ``warm`` found a bad input line;
+* 2: it could not run: a usage error, bad configuration, a missing file, Redis or Kafka
+  unreachable or refusing, the worker extra not installed;
+* 130: interrupted (Ctrl-C), except ``audit tail``, which exits 0 on Ctrl-C / SIGTERM;
+* ``cachebus worker`` itself: see docs/operations.md (70 after an unexpected error).
+
+Only the base dependencies (redis, numpy) are imported at start: ``--help``,
+``--version``, ``stats``, ``verify``, ``warm``, ``acl`` and ``gc`` work without the
+worker extra; ``worker``, ``publish``, ``audit tail`` and ``replay`` say which extra to
+install.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import importlib
-import json
+import importlib.util
+import logging
+import os
 import sys
+import traceback
 from collections.abc import Iterable, Sequence
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
-from cachebus.errors import CacheBusError, InvalidEventError
-from cachebus.settings import Settings
+from cachebus.errors import CacheBusError, ConfigError, InvalidEventError
+from cachebus.settings import Settings, check_kafka_files, redact_url
+
+from .audit_tail import format_audit as format_audit
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_ERROR: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+WORKER_EXTRA_INSTALL: Final = "pip install 'cachebus[worker]'"
+WORKER_EXTRA_MODULES: Final = (
+    "faust",
+    "aiokafka",
+    "structlog",
+    "jsonschema_rs",
+    "orjson",
+    "prometheus_client",
+    "tqdm",
+)
+"""Top-level modules of the ``worker`` extra's distributions (pyproject.toml)."""
+_EXTRA_IMPORTS: Final = frozenset({*WORKER_EXTRA_MODULES, "mode", "aiohttp"})
+"""A ModuleNotFoundError for one of these means the worker extra is missing."""
+
+WORKER_COMMANDS: Final = frozenset({"worker", "publish", "audit", "replay"})
+"""Commands that need the worker extra."""
+REDIS_COMMANDS: Final = frozenset({"worker", "replay", "stats", "warm", "gc", "verify"})
+KAFKA_COMMANDS: Final = frozenset({"worker", "publish", "audit", "replay", "stats"})
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -25,8 +72,137 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", dest="kafka_bootstrap", help="Kafka bootstrap servers")
-    parser.add_argument("--redis-url", help="Redis URL (redis:// or rediss://)")
+    parser.add_argument("--redis-url", help="Redis URL (redis://, rediss:// or unix://)")
     parser.add_argument("--prefix", help="key prefix")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the traceback of an error, and library log lines",
+    )
+
+
+# -- checks ------------------------------------------------------------------
+
+
+def missing_worker_modules() -> list[str]:
+    """The worker extra's modules that cannot be imported here."""
+    return [name for name in WORKER_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+
+
+class MissingExtraError(CacheBusError):
+    """A command needs the ``worker`` extra."""
+
+    def __init__(self, command: str, module: str) -> None:
+        name = "audit tail" if command == "audit" else command
+        super().__init__(
+            f"`cachebus {name}` needs the worker extra (module {module!r} is not "
+            f"installed): {WORKER_EXTRA_INSTALL}"
+        )
+
+
+def _safe_url(url: str) -> str:
+    """The URL for an error message: password replaced, also without a scheme."""
+    if "://" in url:
+        return redact_url(url)
+    return "***@" + url.rpartition("@")[2] if "@" in url else url
+
+
+def check_redis_url(url: str) -> None:
+    """ConfigError naming the URL (password redacted) unless redis-py can use it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("redis", "rediss", "unix"):
+        got = f"scheme {scheme + '://'!r}" if sep else "no scheme"
+        raise ConfigError(
+            f"Redis URL {_safe_url(url)!r} (--redis-url / CACHEBUS_REDIS_URL) has {got}: "
+            "use redis://, rediss:// (TLS) or unix://"
+        )
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    port = host.rpartition("]")[2].partition(":")[2] if host.startswith("[") else (
+        host.partition(":")[2]
+    )
+    if scheme.lower() != "unix" and port and not port.isdigit():
+        raise ConfigError(
+            f"Redis URL {_safe_url(url)!r} (--redis-url / CACHEBUS_REDIS_URL): port "
+            f"{port!r} is not a number"
+        )
+
+
+def _preflight(command: str, args: argparse.Namespace, settings: Settings) -> None:
+    if command in WORKER_COMMANDS:
+        missing = missing_worker_modules()
+        if missing:
+            raise MissingExtraError(command, missing[0])
+    if command in REDIS_COMMANDS or (command == "acl" and getattr(args, "apply", False)):
+        check_redis_url(settings.redis_url)
+    if command in KAFKA_COMMANDS and not getattr(args, "no_kafka", False):
+        check_kafka_files(settings)
+
+
+# -- errors ------------------------------------------------------------------
+
+
+def _secrets(settings: Settings | None) -> list[str]:
+    if settings is None:
+        return []
+    found = [settings.kafka_sasl_password]
+    rest = settings.redis_url.partition("://")[2]
+    userinfo = rest.rpartition("@")[0] if "@" in rest.split("/", 1)[0] else ""
+    found.append(userinfo.partition(":")[2])
+    return [s for s in found if len(s) >= 3]
+
+
+def describe_error(exc: BaseException, settings: Settings | None, command: str) -> str:
+    """One line for an error: what failed and, where it helps, what to check. Secrets
+    (the Redis password, Kafka's SASL password) are replaced by ``***``."""
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").partition(".")[0] in (
+        _EXTRA_IMPORTS
+    ):
+        text = str(MissingExtraError(command, exc.name or "?"))
+    elif isinstance(exc, CacheBusError):
+        text = str(exc)
+    elif type(exc).__module__.startswith("aiokafka"):
+        text = _kafka_error(exc, settings)
+    elif isinstance(exc, OSError) and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror or exc}"
+    elif isinstance(exc, ValueError) and "Redis URL" in str(exc) and settings is not None:
+        text = f"Redis URL {_safe_url(settings.redis_url)!r}: {exc}"
+    elif isinstance(exc, TimeoutError):
+        text = f"timed out: {exc}" if str(exc) else "timed out"
+    else:
+        text = f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
+    for secret in _secrets(settings):
+        text = text.replace(secret, "***")
+    return " ".join(text.split())
+
+
+def _kafka_error(exc: BaseException, settings: Settings | None) -> str:
+    where = f" at {settings.kafka_bootstrap}" if settings is not None else ""
+    name = type(exc).__name__
+    text = str(exc)
+    if text.startswith(f"{name}: "):  # aiokafka's errors start with their class name
+        text = text[len(name) + 2 :]
+    if name == "KafkaConnectionError":
+        if text.startswith("Unable to bootstrap"):
+            text = "no bootstrap server answered"
+        return (
+            f"cannot reach Kafka{where} (--bootstrap / CACHEBUS_KAFKA_BOOTSTRAP): "
+            f"{text or 'connection failed'}"
+        )
+    return f"Kafka{where}: {name}" + (f": {text}" if text else "")
+
+
+def _configure_logging(debug: bool) -> None:
+    """Library log lines (aiokafka's connection errors, redis retries) would add lines
+    to a one-line error: shown with --debug only."""
+    root = logging.getLogger()
+    if debug:
+        logging.basicConfig(
+            level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
+    else:
+        root.addHandler(logging.NullHandler())
+        root.setLevel(logging.CRITICAL)
 
 
 # -- publish -----------------------------------------------------------------
@@ -38,24 +214,59 @@ def _lines(stream: TextIO) -> Iterable[tuple[int, str]]:
             yield number, line.strip()
 
 
+async def ensure_events_topic(settings: Settings, *, err: TextIO = sys.stderr) -> bool:
+    """Create the events topic with ``CACHEBUS_TOPIC_PARTITIONS`` partitions if it does
+    not exist (as the worker does), rather than let the broker auto-create it with its
+    default (often 1). Returns whether it was created."""
+    from .audit_tail import topic_partitions
+    from .kafka import acreate_topics, client_config, events_topic_configs
+
+    topic = settings.events_topic
+    if await topic_partitions(settings, topic) is not None:
+        return False
+    try:
+        await acreate_topics(
+            settings.kafka_bootstrap,
+            {topic: settings.topic_partitions},
+            configs={topic: events_topic_configs(settings)},
+            **client_config(settings),
+        )
+    except (RuntimeError, TimeoutError) as exc:
+        raise ConfigError(
+            f"topic {topic!r} does not exist and could not be created ({exc}); start "
+            f"`cachebus worker` once (it creates its topics) or create it with "
+            f"CACHEBUS_TOPIC_PARTITIONS={settings.topic_partitions} partitions"
+        ) from exc
+    print(
+        f"cachebus publish: created topic {topic} with {settings.topic_partitions} "
+        "partitions (CACHEBUS_TOPIC_PARTITIONS)",
+        file=err,
+    )
+    return True
+
+
 async def publish(settings: Settings, stream: TextIO, *, validate: bool, out: TextIO) -> int:
     """Validate and publish JSONL document events (key = doc_id). Returns the
-    number of lines refused."""
+    number of lines refused. Creates a missing events topic first."""
     from aiokafka import AIOKafkaProducer
 
     from .events import parse_event
-    from .kafka import client_config
+    from .kafka import OVERSIZE_HEADROOM, client_config
 
+    await ensure_events_topic(settings)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
+        # Above max_event_bytes: an oversize event reaches the topic (created with a
+        # matching max.message.bytes) and the worker dead-letters it as `oversize`.
+        max_request_size=settings.max_event_bytes + OVERSIZE_HEADROOM,
         **client_config(settings),
     )
-    await producer.start()
     sent = refused = 0
     try:
+        await producer.start()
         futures = []
         for number, line in _lines(stream):
             raw = line.encode("utf-8")
@@ -77,109 +288,58 @@ async def publish(settings: Settings, stream: TextIO, *, validate: bool, out: Te
     return refused
 
 
-# -- audit tail --------------------------------------------------------------
-
-
-def format_audit(audit: dict[str, Any]) -> str:
-    actions = ", ".join(
-        f"{a['kind']} {a['target']}" + (f" {a['detail']}" if a.get("detail") else "")
-        for a in audit.get("actions", [])
-    )
-    event = f"{audit.get('event_type') or '?'} {audit.get('doc_id') or '?'}"
-    if audit.get("doc_version") is not None:
-        event += f" v{audit['doc_version']}"
-    src = audit.get("source", {})
-    lag = audit.get("lag_ms")
-    line = (
-        f"{audit.get('processed_at', '')}  p{src.get('partition')}@{src.get('offset')}  "
-        f"{audit.get('outcome', ''):<17} {event:<32} "
-        f"removed={audit.get('keys_removed', 0)}"
-    )
-    if lag is not None:
-        line += f" lag={lag:.0f}ms"
-    if audit.get("replay"):
-        line += " [replay]"
-    if actions:
-        line += f"  | {actions}"
-    if audit.get("reason") and audit.get("outcome") != "applied":
-        line += f"  | {audit['reason']}"
-    return line
-
-
-async def audit_tail(
-    settings: Settings,
-    *,
-    from_beginning: bool,
-    count: int | None,
-    follow: bool,
-    as_json: bool,
-    out: TextIO,
-    idle_timeout: float = 2.0,
-) -> int:
-    """Print audit events; stop after ``count`` or when idle (unless ``follow``)."""
-    from aiokafka import AIOKafkaConsumer
-
-    from .kafka import client_config
-
-    consumer = AIOKafkaConsumer(
-        settings.audit_topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-        enable_auto_commit=False,
-        group_id=None,
-        **client_config(settings),
-    )
-    await consumer.start()
-    shown = 0
-    try:
-        while count is None or shown < count:
-            batch = await consumer.getmany(timeout_ms=int(idle_timeout * 1000))
-            if not batch and not follow:
-                break
-            for records in batch.values():
-                for record in records:
-                    try:
-                        audit = json.loads(record.value)
-                    except ValueError:
-                        continue
-                    print(
-                        json.dumps(audit) if as_json else format_audit(audit), file=out, flush=True
-                    )
-                    shown += 1
-                    if count is not None and shown >= count:
-                        return shown
-    finally:
-        await consumer.stop()
-    return shown
-
-
 # -- main --------------------------------------------------------------------
 
 
 # Each module has ``register(subparsers, add_common)`` which adds its subcommand
-# and sets ``run(settings, args) -> exit code`` as the parser default.
+# and sets ``run(settings, args) -> exit code`` as the parser default. Importing
+# them needs the base dependencies only (the worker extra is imported when run).
 COMMAND_MODULES: tuple[str, ...] = (
+    "worker.audit_tail",
     "worker.replay",
     "worker.stats",
     "worker.warm",
     "worker.acl_cli",
     "worker.gc_cli",
-    "worker.monitor",
+    "worker.verify",
 )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cachebus")
+    except PackageNotFoundError:  # a source tree that is not installed
+        from cachebus import __version__
+
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cachebus", description="Event-driven cache invalidation for embedding caches."
+        prog="cachebus",
+        description="Event-driven cache invalidation for embedding caches.",
+        epilog=(
+            "Exit codes: 0 done; 1 the command's answer is no (verify found violations, "
+            "publish refused lines); 2 it could not run (usage, configuration, a missing "
+            "file, Redis or Kafka unreachable, the worker extra missing); 130 Ctrl-C."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"cachebus {_version()}")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of an error, and log lines"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("worker", help="run the invalidation worker (faust)")
+    p = sub.add_parser("worker", help="run the invalidation worker (faust; worker extra)")
     _add_common(p)
     p.add_argument("--rules", dest="rules_file", help="TOML rules file (default: shipped rules)")
     p.add_argument("--group", dest="consumer_group", help="consumer group id")
 
-    p = sub.add_parser("publish", help="validate and publish JSONL document events")
+    p = sub.add_parser(
+        "publish", help="validate and publish JSONL document events (worker extra)"
+    )
     _add_common(p)
     p.add_argument("file", nargs="?", default="-", help="JSONL file (default: stdin)")
     p.add_argument(
@@ -188,60 +348,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish lines even if they fail validation (tests of the DLQ)",
     )
 
-    p = sub.add_parser("audit", help="read the audit trail")
-    audit_sub = p.add_subparsers(dest="audit_command", required=True)
-    t = audit_sub.add_parser("tail", help="print audit events")
-    _add_common(t)
-    t.add_argument("--from-beginning", action="store_true")
-    t.add_argument("-n", type=int, default=None, help="stop after N events")
-    t.add_argument("-f", "--follow", action="store_true", help="keep waiting for new events")
-    t.add_argument("--json", action="store_true", help="raw JSON lines")
-
     # Commands that live in their own modules register themselves here.
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub, _add_common)
     return parser
 
 
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "worker":
+        from .app import run
+
+        # faust parses sys.argv itself; give it only the program name.
+        sys.argv = sys.argv[:1]
+        run(settings)
+        return EXIT_OK
+    if args.command == "publish":
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+        with stream:
+            refused = asyncio.run(
+                publish(settings, stream, validate=not args.no_validate, out=sys.stdout)
+            )
+        return EXIT_FAILED if refused else EXIT_OK
+    code: int = args.run(settings, args)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    command = str(args.command)
+    if command != "worker":  # the worker configures its own (JSON) logs
+        _configure_logging(debug)
+    settings: Settings | None = None
     try:
         settings = _settings(args)
-        if args.command == "worker":
-            from .app import run
-
-            # faust parses sys.argv itself; give it only the program name.
-            sys.argv = sys.argv[:1]
-            run(settings)
-            return 0
-        if args.command == "publish":
-            stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
-            with stream:
-                refused = asyncio.run(
-                    publish(settings, stream, validate=not args.no_validate, out=sys.stdout)
-                )
-            return 1 if refused else 0
-        if args.command == "audit" and args.audit_command == "tail":
-            asyncio.run(
-                audit_tail(
-                    settings,
-                    from_beginning=args.from_beginning,
-                    count=args.n,
-                    follow=args.follow,
-                    as_json=args.json,
-                    out=sys.stdout,
-                )
-            )
-            return 0
-        if hasattr(args, "run"):
-            code: int = args.run(settings, args)
-            return code
-    except CacheBusError as exc:
-        print(f"cachebus: {exc}", file=sys.stderr)
-        return 2
+        _preflight(command, args, settings)
+        return _dispatch(args, settings)
     except KeyboardInterrupt:
-        return 130
-    return 2
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `cachebus audit tail | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"cachebus: {describe_error(exc, settings, command)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

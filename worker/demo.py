@@ -8,9 +8,11 @@ that the invalidation refuses; a broken event that is dead-lettered.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +29,7 @@ from cachebus import (
 )
 from cachebus.codecs import Vector
 
-from .cli import format_audit
+from .audit_tail import format_audit
 from .stack import LocalStack, document_event
 
 COLLECTION = "handbook"
@@ -165,7 +167,23 @@ def search(
     return results
 
 
-def main() -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``--help`` prints what the demo does and exits before anything starts."""
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.demo",
+        description=(
+            "make demo: start redis-server, a single-node Apache Kafka (KRaft) and the "
+            "invalidation worker on loopback, then play a content pipeline: documents "
+            "created, searched and cached, updated, deleted (with a late write the "
+            "invalidation refuses), a broken event dead-lettered, and the audit trail. "
+            "Everything stops at the end. Needs a source checkout (make setup)."
+        ),
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parse_args(argv)
     say("cachebus demo: Redis + Apache Kafka + the invalidation worker, all on loopback")
     started = time.monotonic()
     step("starting services")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 import uuid
@@ -19,17 +20,17 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cachebus.connection import connect_async
 from cachebus.errors import CacheBusError, ConfigError
 from cachebus.settings import Settings
 
-from .applier import Applier
-from .audit import SourceRecord
 from .kafka import client_config
-from .processor import Processor
 from .rules import load_rules
+
+if TYPE_CHECKING:
+    from .applier import Applier
 
 
 class ReplayRefused(CacheBusError):
@@ -65,7 +66,7 @@ class ReplayReport:
         return self.events / self.seconds if self.seconds else 0.0
 
     def summary(self, dry_run: bool) -> str:
-        verb = "would apply" if dry_run else "replayed"
+        verb = "dry run (nothing written): read" if dry_run else "replayed"
         lines = [
             f"{verb} {self.events} events in {self.seconds:.2f} s ({self.rate:,.0f} events/s)",
             "outcomes: " + (", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())) or "-"),
@@ -81,8 +82,8 @@ async def live_members(settings: Settings, group: str) -> int:
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap, **client_config(settings)
     )
-    await admin.start()
     try:
+        await admin.start()
         responses = await admin.describe_consumer_groups([group])
     finally:
         await admin.close()
@@ -117,9 +118,17 @@ async def replay(
     out: TextIO = sys.stderr,
     on_batch: Callable[[int], None] | None = None,
 ) -> ReplayReport:
-    """Replay ``settings.events_topic`` according to ``options``."""
+    """Replay ``settings.events_topic`` according to ``options``. A dry run reads the
+    high-water marks (Redis must answer) and predicts the same outcomes, writing nothing."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+    from .applier import Applier
+    from .audit import SourceRecord
+    from .audit_tail import topic_partitions
+    from .dry_run import DryRunApplier
+    from .processor import Processor
+
+    rules = load_rules(settings.rules_file or None)
     if options.group:
         members = await live_members(settings, options.group)
         if members:
@@ -128,6 +137,11 @@ async def replay(
                 "workers first, or replay without --group (no shared group is touched)"
             )
     kafka = client_config(settings)
+    partitions = await topic_partitions(settings, settings.events_topic)
+    if not partitions:
+        raise ConfigError(
+            f"topic {settings.events_topic!r} does not exist at {settings.kafka_bootstrap}"
+        )
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=options.group,
@@ -136,17 +150,11 @@ async def replay(
         max_poll_records=options.batch,
         **kafka,
     )
-    await consumer.start()
     producer = None
     client = None
     report = ReplayReport()
     try:
-        partitions = consumer.partitions_for_topic(settings.events_topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(settings.events_topic)
-        if not partitions:
-            raise ConfigError(f"topic {settings.events_topic!r} does not exist")
+        await consumer.start()
         chosen = sorted(p for p in partitions if not options.partitions or p in options.partitions)
         tps = [TopicPartition(settings.events_topic, p) for p in chosen]
         consumer.assign(tps)
@@ -169,20 +177,23 @@ async def replay(
         remaining = {tp for tp in tps if start[tp] < stop[tp]}
         total = sum(max(0, stop[tp] - start[tp]) for tp in tps)
 
-        if not options.dry_run:
-            client = await connect_async(settings)
+        client = await connect_async(settings)
+        applier: Applier
+        if options.dry_run:
+            applier = DryRunApplier(client, settings)
+        else:
+            applier = Applier(client, settings)
             if options.audit:
                 producer = AIOKafkaProducer(
                     bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5, **kafka
                 )
                 await producer.start()
         processor = Processor(
-            Applier(client, settings) if client is not None else None,
+            applier,
             settings,
-            load_rules(settings.rules_file or None),
+            rules,
             worker_id=f"replay-{uuid.uuid4().hex[:8]}",
             replay=True,
-            dry_run=options.dry_run,
         )
         started = time.perf_counter()
         bar = _progress_bar(total, options.progress, out)
@@ -213,7 +224,7 @@ async def replay(
                     ]
                     await asyncio.gather(*futures)
                 await processor.commit(outcome)
-                if options.group:
+                if options.group and not options.dry_run:
                     await consumer.commit()
                 report.events += len(records)
                 report.outcomes.update(outcome.outcomes)
@@ -225,7 +236,7 @@ async def replay(
         finally:
             bar.close()
         report.seconds = time.perf_counter() - started
-        if options.group:
+        if options.group and not options.dry_run:
             # Leave the group's committed offsets at the replay's end.
             await consumer.commit({tp: stop[tp] for tp in tps})
     finally:
@@ -270,7 +281,8 @@ def register(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) ->
     p.add_argument(
         "--dry-run",
         action="store_true",
-        help="print what would be applied; do not touch Redis or Kafka topics",
+        help="predict the outcomes and actions (reads the high-water marks in Redis); write "
+        "nothing to Redis, to Kafka topics or to the group's offsets",
     )
     p.add_argument("--no-audit", action="store_true", help="do not write audit events")
     p.add_argument("--batch", type=int, default=500)
@@ -290,6 +302,12 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         batch=args.batch,
         progress=not args.quiet,
     )
+    from .logs import configure
+
+    configure(settings.log_level)  # the processor's log lines: JSON on stderr, as the worker's
+    if not getattr(args, "debug", False):
+        # aiokafka's own connection errors: the CLI's one-line error says what failed.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     report = asyncio.run(replay(settings, options))
     print(report.summary(options.dry_run))
     return 0

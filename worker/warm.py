@@ -7,6 +7,7 @@ import argparse
 import importlib
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
@@ -20,7 +21,28 @@ from cachebus.querylog import QueryLog
 from cachebus.settings import Settings
 from cachebus.warming import WarmReport, warm_documents, warm_queries
 
-DEFAULT_EMBEDDER = "cachebus.embedders:HashingEmbedder"
+DEMO_EMBEDDER = "cachebus.embedders:HashingEmbedder"
+"""``--demo-embedder``: deterministic feature hashing, not semantic (demos and tests)."""
+
+
+def embedder_spec(settings: Settings, flag: str | None, demo: bool) -> str:
+    """Which embedder to load: ``--embedder``, else ``CACHEBUS_EMBEDDER`` when set, else
+    the demo embedder only if ``--demo-embedder`` asks for it. Never a silent default:
+    vectors of another model than the services' would fill the cache unused."""
+    if flag:
+        return flag
+    configured = settings.embedder
+    if configured and (
+        "CACHEBUS_EMBEDDER" in os.environ or configured != Settings().embedder
+    ):
+        return configured
+    if demo:
+        return DEMO_EMBEDDER
+    raise ConfigError(
+        "cachebus warm needs the embedder your services use: --embedder module:attr (or "
+        f"CACHEBUS_EMBEDDER); --demo-embedder warms with {DEMO_EMBEDDER}, which is not "
+        "semantic (demos and tests only)"
+    )
 
 
 def load_embedder(
@@ -32,6 +54,10 @@ def load_embedder(
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"--embedder {spec!r}: expected 'module:attr'")
+    # Like uvicorn and gunicorn: `--embedder app:Embedder` finds ./app.py.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         target: Any = importlib.import_module(module_name)
         for part in attr.split("."):
@@ -109,7 +135,14 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
     p.add_argument(
         "--embedder",
         default=None,
-        help=f"module:attr, a class or factory (default: CACHEBUS_EMBEDDER or {DEFAULT_EMBEDDER})",
+        help="module:attr of the embedder your services use, a class, factory or instance "
+        "(default: CACHEBUS_EMBEDDER; modules are found in the current directory too)",
+    )
+    p.add_argument(
+        "--demo-embedder",
+        action="store_true",
+        help=f"without --embedder / CACHEBUS_EMBEDDER: warm with {DEMO_EMBEDDER} "
+        "(not semantic; demos and tests only)",
     )
     p.add_argument("--model", default=None, help="model name (passed to the embedder factory)")
     p.add_argument("--model-version", default=None, help="model version (likewise)")
@@ -122,27 +155,29 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO | None = None)
     if args.batch <= 0 or (args.rate is not None and args.rate <= 0):
         print("cachebus warm: --batch and --rate must be positive", file=sys.stderr)
         return 2
-    spec = args.embedder or settings.embedder or DEFAULT_EMBEDDER  # the flag wins
+    spec = embedder_spec(settings, args.embedder, args.demo_embedder)
     embedder = load_embedder(spec, model=args.model, model_version=args.model_version)
-    client = connect(settings)
+    # Opened before connecting: a missing file is an error of its own (exit 2).
+    stream = None
+    if args.documents is not None:
+        stream = sys.stdin if args.documents == "-" else open(args.documents, encoding="utf-8")  # noqa: SIM115
     try:
-        if args.top is not None:
-            cache = QueryEmbeddingCache(
-                client, embedder.model, embedder.model_version, settings=settings
-            )
-            report = warm_queries(
-                cache,
-                embedder,
-                QueryLog(client, settings),
-                args.top,
-                batch_size=args.batch,
-                rate_per_s=args.rate,
-                days=args.days,
-                progress=_progress(sys.stderr),
-            )
-        else:
-            stream = sys.stdin if args.documents == "-" else open(args.documents, encoding="utf-8")  # noqa: SIM115
-            with stream:
+        client = connect(settings)
+        try:
+            if stream is None:
+                report = warm_queries(
+                    QueryEmbeddingCache(
+                        client, embedder.model, embedder.model_version, settings=settings
+                    ),
+                    embedder,
+                    QueryLog(client, settings),
+                    args.top,
+                    batch_size=args.batch,
+                    rate_per_s=args.rate,
+                    days=args.days,
+                    progress=_progress(sys.stderr),
+                )
+            else:
                 report = warm_documents(
                     DocumentEmbeddingCache(
                         client, embedder.model, embedder.model_version, settings=settings
@@ -153,10 +188,13 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO | None = None)
                     rate_per_s=args.rate,
                     progress=_progress(sys.stderr),
                 )
-    except (ValueError, OSError) as exc:
+        finally:
+            client.close()
+    except ValueError as exc:  # a bad input line (read_documents, warm_documents)
         print(f"cachebus warm: {exc}", file=sys.stderr)
         return 1
     finally:
-        client.close()
+        if stream is not None and stream is not sys.stdin:
+            stream.close()
     print(summary(report), file=out)
     return 0

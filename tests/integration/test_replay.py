@@ -134,3 +134,63 @@ def test_replay_into_a_stopped_group_commits_its_end(stack: LocalStack) -> None:
     )
     time.sleep(1)  # a worker that re-did the replayed range would add 30 more audits
     assert stack.count_records(stack.settings.audit_topic) == 61 == len(audits)
+
+
+def test_dry_run_predicts_the_real_replay(stack: LocalStack) -> None:
+    """A dry run reads the high-water marks: where the real replay of events already
+    applied says `skipped_duplicate 3`, so does the dry run (it said `applied 3`), and
+    it still writes nothing (no Redis key, no audit). The CLI prints the same."""
+    import os
+    import subprocess
+    import sys
+
+    from worker.stack import settings_env
+
+    stack.publish([document_event("created", f"doc-{i}", 1) for i in range(3)])
+    first = asyncio.run(replay(stack.settings, ReplayOptions(progress=False)))
+    assert first.outcomes == {"applied": 3}
+    client = stack.redis.client()
+    keys = KeyScheme(stack.settings.prefix)
+    state, size = read_control_state(client, keys), client.dbsize()
+    audits = stack.count_records(stack.settings.audit_topic)
+
+    dry = asyncio.run(replay(stack.settings, ReplayOptions(dry_run=True, progress=False)))
+    assert dry.outcomes == {"skipped_duplicate": 3}
+    assert read_control_state(client, keys) == state and client.dbsize() == size
+    assert stack.count_records(stack.settings.audit_topic) == audits
+
+    env = {**os.environ, **settings_env(stack.settings)}
+    cli = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "replay", "--dry-run", "--quiet"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "outcomes: skipped_duplicate 3" in cli.stdout and "nothing written" in cli.stdout
+
+    real = asyncio.run(replay(stack.settings, ReplayOptions(progress=False)))
+    assert real.outcomes == dry.outcomes
+
+
+def test_dry_run_outcomes_equal_the_replay_on_a_mixed_stream(stack: LocalStack) -> None:
+    """Duplicates, stale versions, broken records, several batches: from an empty Redis
+    and again over the rebuilt state, the dry run's outcomes and actions are the real
+    replay's, and the dry run leaves Redis as it found it."""
+    events = _mixed_stream(120, seed=11)
+    stack.publish(events)
+    client = stack.redis.client()
+    client.flushall()
+    keys = KeyScheme(stack.settings.prefix)
+    for _ in range(2):  # from nothing, then over the rebuilt marks
+        state, size = read_control_state(client, keys), client.dbsize()
+        dry = asyncio.run(
+            replay(stack.settings, ReplayOptions(dry_run=True, batch=37, progress=False))
+        )
+        assert read_control_state(client, keys) == state and client.dbsize() == size
+        real = asyncio.run(
+            replay(stack.settings, ReplayOptions(batch=37, audit=False, progress=False))
+        )
+        assert dry.events == real.events == len(events)
+        assert dry.outcomes == real.outcomes
+        assert dry.actions == real.actions
+    assert real.outcomes.get("applied", 0) == 0  # the second time: all at or below marks
+    assert real.outcomes["skipped_duplicate"] > 0

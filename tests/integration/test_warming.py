@@ -292,7 +292,8 @@ class TestWarmCommand:
         settings = Settings(prefix="w", redis_url=redis_server.url)
         texts = _log_queries(QueryLog(redis_client, settings), 12)
         out = io.StringIO()
-        argv = ("--top", "8", "--batch", "3", "--model", "m", "--model-version", "2")
+        argv = ("--top", "8", "--batch", "3", "--model", "m", "--model-version", "2",
+                "--demo-embedder")
         assert warm_command.run(settings, _args(*argv), out=out) == 0
         assert out.getvalue().startswith("warmed 8, already cached 0, provider calls 3")
         assert capsys.readouterr().err.count("batch ") == 3
@@ -306,11 +307,12 @@ class TestWarmCommand:
         path = tmp_path / "docs.jsonl"
         docs = [_doc(f"d{i}", ("c0", f"text {i}"), ("c1", f"more {i}")) for i in range(5)]
         path.write_text("\n".join(json.dumps(d) for d in docs) + "\n\n", encoding="utf-8")
+        argv = ("--documents", str(path), "--demo-embedder")
         out = io.StringIO()
-        assert warm_command.run(settings, _args("--documents", str(path)), out=out) == 0
+        assert warm_command.run(settings, _args(*argv), out=out) == 0
         assert out.getvalue().startswith("warmed 10, already cached 0, provider calls 1")
         out = io.StringIO()
-        assert warm_command.run(settings, _args("--documents", str(path)), out=out) == 0
+        assert warm_command.run(settings, _args(*argv), out=out) == 0
         assert out.getvalue().startswith("warmed 0, already cached 10, provider calls 0")
 
     def test_bad_line_and_bad_embedder(
@@ -322,9 +324,72 @@ class TestWarmCommand:
         settings = Settings(prefix="w", redis_url=redis_server.url)
         path = tmp_path / "docs.jsonl"
         path.write_text(json.dumps(_doc("a", ("c", "t"))) + "\n{oops\n", encoding="utf-8")
-        assert warm_command.run(settings, _args("--documents", str(path)), out=io.StringIO()) == 1
+        argv = ("--documents", str(path), "--demo-embedder")
+        assert warm_command.run(settings, _args(*argv), out=io.StringIO()) == 1
         assert "line 2" in capsys.readouterr().err
         with pytest.raises(ConfigError, match="module:attr"):
             warm_command.run(settings, _args("--top", "1", "--embedder", "nope"))
         with pytest.raises(ConfigError, match="embed"):
             warm_command.run(settings, _args("--top", "1", "--embedder", "cachebus:Settings"))
+
+    def test_no_embedder_no_silent_demo_vectors(
+        self, redis_server: RedisServer, redis_client, tmp_path: Path, monkeypatch
+    ) -> None:
+        """Without --embedder / CACHEBUS_EMBEDDER the command refuses (it used to write
+        HashingEmbedder vectors); --demo-embedder or an explicit setting is needed."""
+        from cachebus.errors import ConfigError
+
+        monkeypatch.delenv("CACHEBUS_EMBEDDER", raising=False)
+        settings = Settings(prefix="w", redis_url=redis_server.url)
+        path = tmp_path / "docs.jsonl"
+        path.write_text(json.dumps(_doc("a", ("c", "t"))) + "\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match="--embedder module:attr"):
+            warm_command.run(settings, _args("--documents", str(path)))
+        with pytest.raises(ConfigError, match="--demo-embedder"):
+            warm_command.run(settings, _args("--top", "5"))
+        assert redis_client.dbsize() == 0
+
+        spec = warm_command.embedder_spec
+        assert spec(settings, None, True) == warm_command.DEMO_EMBEDDER
+        assert spec(settings.with_(embedder="mine:Embedder"), None, False) == "mine:Embedder"
+        assert spec(settings.with_(embedder="mine:Embedder"), "flag:E", False) == "flag:E"
+        monkeypatch.setenv("CACHEBUS_EMBEDDER", warm_command.DEMO_EMBEDDER)  # explicit: fine
+        explicit = Settings.from_env(prefix="w", redis_url=redis_server.url)
+        assert spec(explicit, None, False) == warm_command.DEMO_EMBEDDER
+        out = io.StringIO()
+        assert warm_command.run(explicit, _args("--documents", str(path)), out=out) == 0
+        assert out.getvalue().startswith("warmed 1,")
+
+    def test_embedder_module_in_the_current_directory(
+        self, redis_server: RedisServer, redis_client, tmp_path: Path
+    ) -> None:
+        """`cachebus warm --embedder app:Embedder` run where app.py is, as an installed
+        console script runs (the current directory not on sys.path: python -P)."""
+        import os
+        import subprocess
+        import sys
+
+        (tmp_path / "app.py").write_text(
+            "import numpy as np\n\n"
+            "class Embedder:\n"
+            "    model = 'local-model'\n"
+            "    model_version = '3'\n\n"
+            "    def embed(self, texts):\n"
+            "        return np.ones((len(texts), 8), dtype=np.float32)\n",
+            encoding="utf-8",
+        )
+        docs = tmp_path / "docs.jsonl"
+        docs.write_text(json.dumps(_doc("d1", ("c0", "x"), ("c1", "y"))) + "\n", encoding="utf-8")
+        root = Path(__file__).resolve().parents[2]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEBUS_")}
+        env["PYTHONPATH"] = str(root)
+        result = subprocess.run(
+            [sys.executable, "-P", "-m", "worker.cli", "warm", "--documents", str(docs),
+             "--embedder", "app:Embedder", "--redis-url", redis_server.url, "--prefix", "cwd"],
+            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("warmed 2, already cached 0, provider calls 1")
+        settings = Settings(prefix="cwd")
+        cache = CacheBus(redis_client, settings).document_embeddings("local-model", "3")
+        assert all(v is not None for v in cache.get_many("d1", ["c0", "c1"]))
