@@ -4,10 +4,11 @@ settings from the one settings object, and topic creation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Coroutine, Mapping
+from typing import Any, Final
 
 from cachebus.errors import ConfigError
 from cachebus.settings import Settings
@@ -30,15 +31,95 @@ def client_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+OVERSIZE_HEADROOM: Final = 1024 * 1024
+"""The events topic accepts records this much larger than ``max_event_bytes``."""
+
+
+def events_topic_configs(settings: Settings) -> dict[str, str]:
+    """Topic configs of a created events topic. ``max.message.bytes`` is above
+    ``max_event_bytes`` (by :data:`OVERSIZE_HEADROOM`): with the broker's default
+    (about 1 MB) a record over the worker's limit would be refused when produced, and
+    the ``oversize`` dead-letter path could never be taken. Records larger still are
+    refused by the broker at produce time."""
+    return {"max.message.bytes": str(settings.max_event_bytes + OVERSIZE_HEADROOM)}
+
+
 async def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
-    """Create the events, audit and dead-letter topics when missing."""
+    """Create the events, audit and dead-letter topics when missing (the events topic
+    with :func:`events_topic_configs`). Existing topics are left as they are."""
     parts = settings.topic_partitions
     await acreate_topics(
         settings.kafka_bootstrap,
         {settings.events_topic: parts, settings.audit_topic: parts, settings.dlq_topic: parts},
         timeout=timeout,
+        configs={settings.events_topic: events_topic_configs(settings)},
         **client_config(settings),
     )
+
+
+KAFKA_RETRY_START: Final = 0.5
+KAFKA_RETRY_MAX: Final = 15.0
+"""Startup: seconds between attempts to reach Kafka, doubling up to this."""
+KAFKA_ATTEMPT_TIMEOUT: Final = 10.0
+"""Startup: one attempt (bootstrap, create topics, leaders elected) gives up after this."""
+
+
+async def wait_for_topics(settings: Settings, stop: asyncio.Event, log: Any) -> bool:
+    """Startup: :func:`ensure_topics` until it succeeds (True) or ``stop`` is set
+    (False, at once, whatever is in progress). One log line per failed attempt,
+    the wait doubling from ``KAFKA_RETRY_START`` to ``KAFKA_RETRY_MAX`` seconds."""
+    from aiokafka.errors import KafkaError
+
+    delay = KAFKA_RETRY_START
+    attempt = 0
+    while not stop.is_set():
+        attempt += 1
+        try:
+            done = await _unless(stop, ensure_topics(settings, timeout=KAFKA_ATTEMPT_TIMEOUT))
+        except (KafkaError, OSError, TimeoutError, RuntimeError) as exc:
+            log.warning(
+                "kafka unavailable; retrying",
+                bootstrap=settings.kafka_bootstrap,
+                error=_one_line(exc),
+                attempt=attempt,
+                retry_in_s=delay,
+            )
+        else:
+            if not done:
+                return False
+            if attempt > 1:
+                log.info("kafka is reachable", bootstrap=settings.kafka_bootstrap, attempts=attempt)
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, KAFKA_RETRY_MAX)
+    return False
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    text = text if text.startswith(name) else f"{name}: {text}"
+    return (text.splitlines() or [name])[0][:500]
+
+
+async def _unless(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> bool:
+    """Run ``work``; True when it finished, False when ``stop`` was set first (it is
+    cancelled). Its exception propagates."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    if task.cancelled():
+        return False
+    task.result()
+    return True
 
 
 async def acreate_topics(
@@ -46,11 +127,16 @@ async def acreate_topics(
     topics: Mapping[str, int],
     replication: int = 1,
     timeout: float = 30.0,
+    *,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
     **client_config: Any,
 ) -> None:
     """Create ``{name: partitions}`` topics and wait until every partition has a leader.
+    ``configs``: topic configs by topic name (e.g. ``max.message.bytes``), for created
+    topics.
 
-    Topics that already exist are left alone (their partition count is not changed).
+    Topics that already exist are left alone (their partition count and configs are not
+    changed).
 
     Raises:
         RuntimeError: the broker refused to create a topic for another reason.
@@ -64,10 +150,18 @@ async def acreate_topics(
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **client_config
     )
-    await admin.start()
     try:
+        await admin.start()  # inside: a failed bootstrap closes the client too
         response = await admin.create_topics(
-            [NewTopic(name, partitions, replication) for name, partitions in topics.items()]
+            [
+                NewTopic(
+                    name,
+                    partitions,
+                    replication,
+                    topic_configs=dict((configs or {}).get(name, {})) or None,
+                )
+                for name, partitions in topics.items()
+            ]
         )
         failures = []
         for entry in response.topic_errors:

@@ -1,5 +1,8 @@
 """Faults on real processes: worker SIGKILL mid-stream and Redis down mid-stream.
-Every event ends up applied and audited; nothing is lost or acked early."""
+Every event ends up applied and audited; nothing is lost or acked early.
+
+SIGTERM during a Redis or Kafka outage (exit code, committed offsets against the
+audits, a restart applying everything): tests/integration/test_worker_lifecycle.py."""
 
 from __future__ import annotations
 
