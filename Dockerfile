@@ -3,7 +3,9 @@
 #   docker run --rm --init -e CACHEBUS_REDIS_URL=redis://redis:6379/0 \
 #     -e CACHEBUS_KAFKA_BOOTSTRAP=kafka:9092 cachebus            # = cachebus worker
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# Pinned (Python patch release and Debian release): a rebuild gets the same base
+# until this line changes. Bump it deliberately, e.g. for a security release.
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 # ---- build: install the project and its worker extra into a virtualenv ----
 FROM ${PYTHON_IMAGE} AS build
@@ -29,13 +31,23 @@ LABEL org.opencontainers.image.title="cachebus" \
 ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-# Unprivileged user; its home is the working directory, so faust's local data
-# directory (created relative to the working directory) is writable.
+# Unprivileged user; its home is the working directory and the data directory.
 RUN groupadd --system --gid 10001 cachebus \
  && useradd --system --uid 10001 --gid cachebus --home-dir /var/lib/cachebus \
         --create-home --shell /usr/sbin/nologin cachebus
 COPY --from=build /opt/venv /opt/venv
+# faust's data directory is CACHEBUS_DATA_DIR: this one directory on every start and
+# restart of the container (no new directory per start). faust keeps nothing durable
+# there (the worker's state is in Redis and Kafka), so no volume is needed.
+ENV CACHEBUS_DATA_DIR=/var/lib/cachebus
 USER 10001:10001
 WORKDIR /var/lib/cachebus
+# Liveness, readiness and Prometheus metrics (CACHEBUS_WEB_PORT).
+EXPOSE 6066
+# Docker's health status follows liveness (/livez: the process and its event loop
+# answer; never Kafka or Redis, so an outage does not mark the worker for restart).
+# Readiness is GET /readyz (docker-compose.yml uses it). No curl in the slim image.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/livez' % (os.environ.get('CACHEBUS_WEB_PORT') or '6066'), timeout=4)"]
 ENTRYPOINT ["cachebus"]
 CMD ["worker"]

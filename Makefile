@@ -16,7 +16,7 @@ test-unit:        ## pure logic only (no services)
 	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint:
-	$(PYTHON) -m ruff check cachebus worker tests bench soak consistency
+	$(PYTHON) -m ruff check cachebus worker tests bench soak consistency devtools
 	$(PYTHON) -m mypy
 
 # The fidelity section needs the bench-models extra (all-MiniLM-L6-v2 via sentence-transformers

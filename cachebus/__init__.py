@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .bus import AsyncCacheBus, CacheBus
+from .changes import ChangeReport
 from .codecs import VectorCodec, decode_vector
 from .connection import connect, connect_async
 from .document_embeddings import (
@@ -60,6 +61,7 @@ __all__ = [
     "CacheUnavailableError",
     "CachedEmbeddingService",
     "CachedSearchService",
+    "ChangeReport",
     "ChunkRef",
     "ChunkVector",
     "CodecError",

@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Sequence
+from types import TracebackType
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
+from .changes import ChangeReport
 from .codecs import VectorCodec
 from .document_embeddings import AsyncDocumentEmbeddingCache, DocumentEmbeddingCache
 from .embedders import AsyncEmbedder, Embedder
 from .invalidation import AsyncInvalidator, Invalidator
+from .layer import AsyncShell, SyncShell
 from .metrics import LayerMetrics
 from .query_embeddings import AsyncQueryEmbeddingCache, QueryEmbeddingCache
 from .rerank_scores import AsyncRerankScoreCache, RerankScoreCache
-from .runner import AsyncClient, SyncClient
+from .runner import AnyClient, AsyncClient, SyncClient, check_client
 from .search_results import AsyncSearchResultsCache, SearchResultsCache
 from .services import AsyncCachedEmbeddingService, CachedEmbeddingService
 from .settings import Settings
+from .timeouts import bound_client
+
+log = logging.getLogger("cachebus")
+
+
+def _bound(client: AnyClient, settings: Settings) -> None:
+    """Every call the bus makes fails within ``settings.redis_timeout``: see
+    :mod:`cachebus.timeouts`."""
+    check_client(client)
+    changed = bound_client(client, settings.redis_timeout)
+    if changed:
+        log.info(
+            "cachebus: calls on the Redis client given to the CacheBus now fail within "
+            "CACHEBUS_REDIS_TIMEOUT=%g s, one attempt each (it had %s); give cachebus its "
+            "own client (cachebus.connect(settings)) if other code needs longer calls",
+            settings.redis_timeout,
+            ", ".join(changed),
+        )
 
 
 def _per_node(info: Any) -> list[dict[str, Any]]:
@@ -61,19 +84,111 @@ def _stats(layers: dict[str, list[LayerMetrics]], used_memory: int | None) -> di
 class CacheBus:
     """Factory and registry of the sync layers on one client.
 
-    >>> settings = Settings.from_env()
-    >>> bus = CacheBus(cachebus.connect(settings), settings)
-    >>> bus.query_embeddings("text-embedding-3-small").get("hello")
+    >>> with CacheBus.from_settings(Settings.from_env()) as bus:   # connects; closes
+    ...     bus.query_embeddings("text-embedding-3-small").get("hello")
+
+    Every Redis call the bus makes fails within ``settings.redis_timeout`` (one
+    attempt): a client given here that allows longer (redis-py's defaults do) is
+    bounded in place, see :mod:`cachebus.timeouts`. :meth:`close` (or leaving the
+    ``with`` block) publishes the layers' metrics counters and closes a client the bus
+    opened itself.
     """
 
-    def __init__(self, client: SyncClient, settings: Settings | None = None) -> None:
-        self.client = client
+    def __init__(
+        self, client: SyncClient, settings: Settings | None = None, *, owns_client: bool = False
+    ) -> None:
         self.settings = settings or Settings()
+        _bound(client, self.settings)
+        self.client = client
+        self.owns_client = owns_client
+        """Whether :meth:`close` closes the client (true for :meth:`from_settings`)."""
         self.invalidator = Invalidator(client, settings=self.settings)
         self._qe: dict[tuple[str, str], QueryEmbeddingCache] = {}
         self._de: dict[tuple[str, str], DocumentEmbeddingCache] = {}
         self._sr: dict[str, SearchResultsCache] = {}
         self._rr: dict[str, RerankScoreCache] = {}
+        self.closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> CacheBus:
+        """A bus on its own client (:func:`cachebus.connect`: ``redis_url``, TLS, ACL
+        user, cluster, ``redis_timeout``), closed by :meth:`close`. ``settings``
+        defaults to ``Settings.from_env()``."""
+        from .connection import connect
+
+        settings = settings or Settings.from_env()
+        return cls(connect(settings), settings, owns_client=True)
+
+    def _layers(self) -> list[SyncShell[Any]]:
+        return [*self._qe.values(), *self._de.values(), *self._sr.values(), *self._rr.values()]
+
+    def flush(self) -> int:
+        """Publish every layer's metrics counters to Redis now, for ``cachebus stats``
+        (normally every ``metrics_flush_interval`` s, on a call). Fails open: a Redis
+        error is logged and those counters go with the next flush (strict settings
+        raise). Returns how many layers sent counters."""
+        return sum(layer.flush_metrics() for layer in self._layers())
+
+    def close(self) -> None:
+        """:meth:`flush`, then close the client if the bus opened it. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.flush()
+        finally:
+            if self.owns_client:
+                self.client.close()
+
+    def __enter__(self) -> CacheBus:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def document_created(
+        self,
+        doc_id: str,
+        collection: str,
+        *,
+        version: int | None = None,
+        tags: Iterable[str] = (),
+        chunks: Sequence[tuple[str, str]] | None = None,
+    ) -> ChangeReport:
+        """See :meth:`Invalidator.document_created`."""
+        return self.invalidator.document_created(
+            doc_id, collection, version=version, tags=tags, chunks=chunks
+        )
+
+    def document_updated(
+        self,
+        doc_id: str,
+        collection: str,
+        *,
+        version: int | None = None,
+        tags: Iterable[str] = (),
+        chunks: Sequence[tuple[str, str]] | None = None,
+    ) -> ChangeReport:
+        """See :meth:`Invalidator.document_updated`."""
+        return self.invalidator.document_updated(
+            doc_id, collection, version=version, tags=tags, chunks=chunks
+        )
+
+    def document_deleted(
+        self,
+        doc_id: str,
+        collection: str,
+        *,
+        version: int | None = None,
+        tags: Iterable[str] = (),
+    ) -> ChangeReport:
+        """See :meth:`Invalidator.document_deleted`."""
+        return self.invalidator.document_deleted(doc_id, collection, version=version, tags=tags)
 
     def query_embeddings(
         self, model: str, model_version: str = "1", *, codec: VectorCodec | None = None
@@ -119,7 +234,7 @@ class CacheBus:
         """Hit rate and counters per layer (this process) and Redis memory used."""
         try:
             used: int | None = used_memory(info_per_node(self.client, "memory"))
-        except RedisError:
+        except (RedisError, RedisClusterException):
             used = None
         return _stats(
             {
@@ -133,16 +248,107 @@ class CacheBus:
 
 
 class AsyncCacheBus:
-    """Factory and registry of the asyncio layers on one client."""
+    """Factory and registry of the asyncio layers on one client (see :class:`CacheBus`).
 
-    def __init__(self, client: AsyncClient, settings: Settings | None = None) -> None:
-        self.client = client
+    >>> async with await AsyncCacheBus.from_settings(settings) as bus:
+    ...     await bus.query_embeddings("text-embedding-3-small").get("hello")
+    """
+
+    def __init__(
+        self, client: AsyncClient, settings: Settings | None = None, *, owns_client: bool = False
+    ) -> None:
         self.settings = settings or Settings()
+        _bound(client, self.settings)
+        self.client = client
+        self.owns_client = owns_client
         self.invalidator = AsyncInvalidator(client, settings=self.settings)
         self._qe: dict[tuple[str, str], AsyncQueryEmbeddingCache] = {}
         self._de: dict[tuple[str, str], AsyncDocumentEmbeddingCache] = {}
         self._sr: dict[str, AsyncSearchResultsCache] = {}
         self._rr: dict[str, AsyncRerankScoreCache] = {}
+        self.closed = False
+
+    @classmethod
+    async def from_settings(cls, settings: Settings | None = None) -> AsyncCacheBus:
+        """A bus on its own client (:func:`cachebus.connect_async`), closed by
+        :meth:`close`."""
+        from .connection import connect_async
+
+        settings = settings or Settings.from_env()
+        return cls(await connect_async(settings), settings, owns_client=True)
+
+    def _layers(self) -> list[AsyncShell[Any]]:
+        return [*self._qe.values(), *self._de.values(), *self._sr.values(), *self._rr.values()]
+
+    async def flush(self) -> int:
+        """See :meth:`CacheBus.flush`."""
+        sent = 0
+        for layer in self._layers():
+            sent += await layer.flush_metrics()
+        return sent
+
+    async def close(self) -> None:
+        """:meth:`flush`, then close the client if the bus opened it. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self.flush()
+        finally:
+            if self.owns_client:
+                await self.client.aclose()
+
+    async def __aenter__(self) -> AsyncCacheBus:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def document_created(
+        self,
+        doc_id: str,
+        collection: str,
+        *,
+        version: int | None = None,
+        tags: Iterable[str] = (),
+        chunks: Sequence[tuple[str, str]] | None = None,
+    ) -> ChangeReport:
+        """See :meth:`Invalidator.document_created`."""
+        return await self.invalidator.document_created(
+            doc_id, collection, version=version, tags=tags, chunks=chunks
+        )
+
+    async def document_updated(
+        self,
+        doc_id: str,
+        collection: str,
+        *,
+        version: int | None = None,
+        tags: Iterable[str] = (),
+        chunks: Sequence[tuple[str, str]] | None = None,
+    ) -> ChangeReport:
+        """See :meth:`Invalidator.document_updated`."""
+        return await self.invalidator.document_updated(
+            doc_id, collection, version=version, tags=tags, chunks=chunks
+        )
+
+    async def document_deleted(
+        self,
+        doc_id: str,
+        collection: str,
+        *,
+        version: int | None = None,
+        tags: Iterable[str] = (),
+    ) -> ChangeReport:
+        """See :meth:`Invalidator.document_deleted`."""
+        return await self.invalidator.document_deleted(
+            doc_id, collection, version=version, tags=tags
+        )
 
     def query_embeddings(
         self, model: str, model_version: str = "1", *, codec: VectorCodec | None = None
@@ -186,7 +392,7 @@ class AsyncCacheBus:
     async def stats(self) -> dict[str, Any]:
         try:
             used: int | None = used_memory(await ainfo_per_node(self.client, "memory"))
-        except RedisError:
+        except (RedisError, RedisClusterException):
             used = None
         return _stats(
             {

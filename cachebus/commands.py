@@ -11,6 +11,11 @@ A program yields one of:
 * :class:`EachPrimary`: commands for every primary, each primary's sent as one
   pipeline on one connection; receives ``{node_tag: [replies]}``.
 
+:class:`ScanEachPrimary` builds on :class:`EachPrimary`: SCAN MATCH/COUNT over
+every primary (never KEYS), one cursor per primary, the primaries in parallel.
+It is the one implementation of "every key matching a pattern" (pattern
+invalidation, ``cachebus stats``, the control state, the stamp cleanup).
+
 :mod:`cachebus.runner` drives programs on sync or asyncio clients, standalone
 or cluster. So keys, encoding and validation live in one place, and the sync
 and async classes are thin shells.
@@ -93,6 +98,78 @@ class EachPrimary:
 
 Step = list[Call] | Sleep | Invoke | EachPrimary
 Program = Generator[Step, Any, T]
+
+
+SCAN_COUNT: Final = 1000
+"""The default ``COUNT`` hint of :class:`ScanEachPrimary`."""
+
+
+class ScanEachPrimary:
+    """``SCAN <cursor> MATCH <match> COUNT <count>`` on every primary, sans-IO.
+
+    Each :meth:`round` is a program of one :class:`EachPrimary` step: one SCAN per
+    primary whose cursor is not back to 0, the primaries in parallel. Cursors are
+    kept per node tag; a primary not seen before (the cluster grew or its slot map
+    changed between rounds) starts at cursor 0; a primary that finished gets no
+    command. The scan is :attr:`done` when every primary of the last round is
+    finished. Like SCAN itself it may return a key twice and misses no key that
+    exists for the whole scan.
+
+    Inside a program::
+
+        scan = ScanEachPrimary("cb:sr:*")
+        while not scan.done:
+            batches = yield from scan.round()  # {node_tag: [key, ...]}
+    """
+
+    def __init__(self, match: str, count: int = SCAN_COUNT) -> None:
+        if count <= 0:
+            raise ValueError(f"SCAN COUNT must be positive, got {count}")
+        self.match = match
+        self.count = count
+        self.cursors: dict[str, int] = {}
+        """node tag -> the cursor to send next (0 after the last reply: finished)."""
+        self.done = False
+        self._asked: list[str] = []
+
+    def _make(self, node_tag: str) -> list[Call]:
+        if self.cursors.get(node_tag, -1) == 0:
+            return []  # this primary is finished
+        self._asked.append(node_tag)
+        cursor = self.cursors.get(node_tag, 0)
+        return [Call.of("SCAN", cursor, "MATCH", self.match, "COUNT", self.count)]
+
+    def round(self) -> Program[dict[str, list[bytes]]]:
+        """One SCAN per unfinished primary; returns ``{node_tag: keys}`` for the
+        primaries asked this round (a batch may be empty)."""
+        if self.done:
+            return {}
+        self._asked = []
+        replies: dict[str, list[Any]] = yield EachPrimary(self._make)
+        batches: dict[str, list[bytes]] = {}
+        for tag in self._asked:
+            cursor, keys = parse_scan_reply(replies[tag][0])
+            self.cursors[tag] = cursor
+            batches[tag] = keys
+        # Done when every primary the runner knows now (make was called for each) is
+        # finished: asked nothing this round.
+        self.done = not self._asked or all(self.cursors[t] == 0 for t in self._asked)
+        return batches
+
+    def keys(self) -> Program[list[bytes]]:
+        """The whole scan: every matching key (for small key sets: operator tools)."""
+        found: list[bytes] = []
+        while not self.done:
+            for batch in (yield from self.round()).values():
+                found += batch
+        return found
+
+
+def parse_scan_reply(reply: Any) -> tuple[int, list[bytes]]:
+    """``(cursor, keys)`` of one SCAN reply, parsed by redis-py (``(int, list)``)
+    or raw (``[b"cursor", [...]]``); keys as bytes."""
+    cursor, keys = reply
+    return int(cursor), [k if isinstance(k, bytes) else str(k).encode() for k in keys]
 
 
 def node_tags(owner: Callable[[int], str | None], primaries: Collection[str]) -> dict[str, str]:

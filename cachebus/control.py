@@ -9,12 +9,13 @@ matters is that they only move forward, not their exact numbers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .commands import SCAN_COUNT, Call, Program, ScanEachPrimary
 from .keys import KeyScheme, decode_part
-from .runner import SyncClient, is_cluster
+from .runner import SyncClient, SyncRunner
 from .tags import TOMBSTONE
 
 
@@ -36,13 +37,15 @@ class ControlState:
         )
 
 
-def scan_keys(client: SyncClient, pattern: str) -> Iterator[bytes]:
-    """SCAN MATCH ``pattern`` over every primary (an operator tool, never KEYS)."""
-    if is_cluster(client):
-        for node in client.get_primaries():  # type: ignore[union-attr]
-            yield from client.scan_iter(match=pattern, count=1000, target_nodes=node)
-    else:
-        yield from client.scan_iter(match=pattern, count=1000)
+def scan_keys(
+    client: SyncClient, pattern: str, count: int = SCAN_COUNT
+) -> Generator[bytes, None, None]:
+    """SCAN MATCH ``pattern`` over every primary (an operator tool, never KEYS), as
+    the keys come (:meth:`cachebus.runner.SyncRunner.scan`). Redis errors raise as
+    cachebus errors."""
+    with SyncRunner(client) as runner:
+        for _, keys in runner.scan(pattern, count):
+            yield from keys
 
 
 def _tag_value(key: bytes, head: str) -> str:
@@ -51,28 +54,35 @@ def _tag_value(key: bytes, head: str) -> str:
     return text[len(head) + 1 : -1]
 
 
-def read_control_state(client: SyncClient, keys: KeyScheme) -> ControlState:
-    """SCAN the prefix's control keys (an operator/test tool, not a hot path)."""
+def _values(pattern: str) -> Program[list[tuple[bytes, Any]]]:
+    """Every key matching ``pattern`` (SCAN on every primary) and its value (MGET)."""
+    found = yield from ScanEachPrimary(pattern).keys()
+    found = list(dict.fromkeys(found))  # SCAN may return a key twice
+    if not found:
+        return []
+    (values,) = yield [Call("MGET", tuple(found))]
+    return list(zip(found, values, strict=True))
+
+
+def control_state(keys: KeyScheme) -> Program[ControlState]:
+    """The program of :func:`read_control_state`."""
     p = keys.prefix
-
-    def values(pattern: str) -> list[tuple[bytes, Any]]:
-        found = list(scan_keys(client, pattern))
-        if not found:
-            return []
-        pipe = client.pipeline(transaction=False)
-        for k in found:
-            pipe.get(k)
-        return list(zip(found, pipe.execute(), strict=True))
-
     marks = {}
-    for key, raw in values(f"{p}:hwm:*"):
+    for key, raw in (yield from _values(f"{p}:hwm:*")):
         token = _tag_value(key, f"{p}:hwm:")
         if raw is not None and token.startswith("d."):
             marks[decode_part(token[2:])] = raw.decode("utf-8")
     tombs = set()
-    for key, raw in values(f"{p}:stamp:*"):
+    for key, raw in (yield from _values(f"{p}:stamp:*")):
         token = _tag_value(key, f"{p}:stamp:")
         if raw is not None and token.startswith("d.") and int(raw) >= TOMBSTONE:
             tombs.add(decode_part(token[2:]))
-    bumped = {_tag_value(key, f"{p}:gen:") for key, raw in values(f"{p}:gen:*") if raw}
+    gens = yield from _values(f"{p}:gen:*")
+    bumped = {_tag_value(key, f"{p}:gen:") for key, raw in gens if raw}
     return ControlState(marks, frozenset(tombs), frozenset(bumped))
+
+
+def read_control_state(client: SyncClient, keys: KeyScheme) -> ControlState:
+    """SCAN the prefix's control keys (an operator/test tool, not a hot path)."""
+    with SyncRunner(client) as runner:
+        return runner.run(control_state(keys))

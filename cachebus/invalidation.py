@@ -13,20 +13,19 @@ missing stamp or generation reads as invalidated) and raises
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
-
-from .commands import Call, Program
+from .changes import ChangeReport, aapply_change, apply_change, change_event
+from .commands import SCAN_COUNT, Call, Program, ScanEachPrimary
 from .durability import Durability, FenceEvent, FenceMonitor, WitnessReport
 from .errors import CacheBusError, ConfigError, RedisFullError
 from .keys import KeyScheme, Tag
-from .runner import AsyncClient, AsyncRunner, SyncClient, SyncRunner, translate
+from .rules import Rules, load_rules
+from .runner import AsyncClient, AsyncRunner, SyncClient, SyncRunner
 from .settings import Settings
 from .tags import DocumentInvalidation, InvalidationReport, Mode, invalidate
 
-SCAN_COUNT = 1000
 T = TypeVar("T")
 log = logging.getLogger("cachebus.invalidation")
 
@@ -81,6 +80,13 @@ class InvalidationCore:
     def unlink_calls(self, keys: Sequence[bytes | str]) -> list[Call]:
         return [Call("UNLINK", tuple(keys))] if keys else []
 
+    def scan_delete(self, pattern: str, count: int = SCAN_COUNT) -> Program[int]:
+        """Pattern invalidation: SCAN MATCH ``pattern`` COUNT ``count`` on every
+        primary (:class:`~cachebus.commands.ScanEachPrimary`, never KEYS), each
+        round's keys unlinked in one step (split per key on a cluster). Returns the
+        keys removed. The pattern must stay inside the prefix (:meth:`check_pattern`)."""
+        return _scan_delete(self, self.check_pattern(pattern), count)
+
     def control_keys(
         self,
         tags: Sequence[Tag] = (),
@@ -122,11 +128,16 @@ def _namespaces(
     ]
 
 
-def _cursor(reply: Any) -> int:
-    """RedisCluster answers a node-targeted SCAN with ``{node: cursor}``."""
-    if isinstance(reply, dict):
-        (reply,) = reply.values()
-    return int(reply)
+def _scan_delete(core: InvalidationCore, pattern: str, count: int) -> Program[int]:
+    scan = ScanEachPrimary(pattern, count)
+    removed = 0
+    while not scan.done:
+        batches = yield from scan.round()
+        keys = [key for batch in batches.values() for key in batch]
+        if keys:
+            (unlinked,) = yield core.unlink_calls(keys)
+            removed += int(unlinked)
+    return removed
 
 
 class Invalidator:
@@ -143,6 +154,7 @@ class Invalidator:
         *,
         settings: Settings | None = None,
         fence: FenceMonitor | None = None,
+        rules: Rules | None = None,
     ) -> None:
         self._runner = SyncRunner(client)
         self.core = InvalidationCore(
@@ -151,6 +163,74 @@ class Invalidator:
             fence=fence,
             describe=self._runner.primary_address,
         )
+        self._rules = rules
+
+    def primary_address(self, node_tag: str) -> str:
+        """``host:port`` of the primary that owns ``node_tag``'s slot (see
+        :class:`~cachebus.commands.EachPrimary`)."""
+        return self._runner.primary_address(node_tag)
+
+    @property
+    def rules(self) -> Rules:
+        """The worker's rules, for the ``document_*`` calls: as given, else
+        ``settings.rules_file`` (``CACHEBUS_RULES_FILE``) over the shipped defaults,
+        read at the first call."""
+        if self._rules is None:
+            self._rules = load_rules(self.core.settings.rules_file or None)
+        return self._rules
+
+    def document_created(
+        self,
+        doc_id: str,
+        collection: str,
+        *,
+        version: int | None = None,
+        tags: Iterable[str] = (),
+        chunks: Sequence[tuple[str, str]] | None = None,
+    ) -> ChangeReport:
+        """``doc_id`` was created in ``collection``: apply the worker's plan for a
+        ``created`` event (default rules: bump the collection's search results; lift
+        the tombstone of an earlier delete). ``version``: the document's version if you
+        have one; the document's part is then skipped when the worker already applied
+        that or a newer version (no high-water mark is written). ``chunks``:
+        (chunk_id, content_hash) pairs. See :mod:`cachebus.changes`."""
+        event = change_event(
+            "created", doc_id, collection, version=version, tags=tags, chunks=chunks
+        )
+        return apply_change(self, event)
+
+    def document_updated(
+        self,
+        doc_id: str,
+        collection: str,
+        *,
+        version: int | None = None,
+        tags: Iterable[str] = (),
+        chunks: Sequence[tuple[str, str]] | None = None,
+    ) -> ChangeReport:
+        """``doc_id`` of ``collection`` changed: apply the worker's plan for an
+        ``updated`` event (default rules: retire everything computed from it; drop the
+        embeddings of chunks whose content hash is not the one in ``chunks``, all of
+        them without ``chunks``; invalidate its ``tags``; bump the collection's search
+        results, as the new text may now match cached queries)."""
+        event = change_event(
+            "updated", doc_id, collection, version=version, tags=tags, chunks=chunks
+        )
+        return apply_change(self, event)
+
+    def document_deleted(
+        self,
+        doc_id: str,
+        collection: str,
+        *,
+        version: int | None = None,
+        tags: Iterable[str] = (),
+    ) -> ChangeReport:
+        """``doc_id`` was deleted: apply the worker's plan for a ``deleted`` event
+        (default rules: tombstone it, which also refuses later writes of values
+        computed from it; drop its embeddings; invalidate its ``tags``)."""
+        event = change_event("deleted", doc_id, collection, version=version, tags=tags)
+        return apply_change(self, event)
 
     @property
     def cluster(self) -> bool:
@@ -242,37 +322,10 @@ class Invalidator:
     def scan_delete(self, pattern: str, *, count: int = SCAN_COUNT, confirm: bool = True) -> int:
         """SCAN MATCH + UNLINK on every primary, then the witness step (unless
         ``confirm=False``). Not for the hot path."""
-        self.core.check_pattern(pattern)
-        removed = 0
-        for batch in self._scan(pattern, count):
-            removed += int(self._runner.execute(self.core.unlink_calls(batch))[0])
+        removed = self._runner.run(self.core.scan_delete(pattern, count))
         if confirm:
             self.confirm()
         return removed
-
-    def _scan(self, pattern: str, count: int) -> Iterator[list[bytes]]:
-        client = self._runner.client
-        try:
-            if self._runner.cluster:
-                nodes: list[Any] = client.get_primaries()  # type: ignore[union-attr]
-            else:
-                nodes = [None]
-            for node in nodes:
-                cursor: int = 0
-                while True:
-                    if node is None:
-                        cursor, keys = client.scan(cursor, match=pattern, count=count)
-                    else:
-                        cursor, keys = client.scan(
-                            cursor, match=pattern, count=count, target_nodes=node
-                        )
-                    cursor = _cursor(cursor)
-                    if keys:
-                        yield [k if isinstance(k, bytes) else k.encode() for k in keys]
-                    if cursor == 0:
-                        break
-        except RedisError as exc:
-            raise translate(exc) from exc
 
 
 class AsyncInvalidator:
@@ -285,6 +338,7 @@ class AsyncInvalidator:
         *,
         settings: Settings | None = None,
         fence: FenceMonitor | None = None,
+        rules: Rules | None = None,
     ) -> None:
         self._runner = AsyncRunner(client)
         self.core = InvalidationCore(
@@ -293,6 +347,56 @@ class AsyncInvalidator:
             fence=fence,
             describe=self._runner.primary_address,
         )
+        self._rules = rules
+
+    @property
+    def rules(self) -> Rules:
+        """See :attr:`Invalidator.rules`."""
+        if self._rules is None:
+            self._rules = load_rules(self.core.settings.rules_file or None)
+        return self._rules
+
+    async def document_created(
+        self,
+        doc_id: str,
+        collection: str,
+        *,
+        version: int | None = None,
+        tags: Iterable[str] = (),
+        chunks: Sequence[tuple[str, str]] | None = None,
+    ) -> ChangeReport:
+        """See :meth:`Invalidator.document_created`."""
+        event = change_event(
+            "created", doc_id, collection, version=version, tags=tags, chunks=chunks
+        )
+        return await aapply_change(self, event)
+
+    async def document_updated(
+        self,
+        doc_id: str,
+        collection: str,
+        *,
+        version: int | None = None,
+        tags: Iterable[str] = (),
+        chunks: Sequence[tuple[str, str]] | None = None,
+    ) -> ChangeReport:
+        """See :meth:`Invalidator.document_updated`."""
+        event = change_event(
+            "updated", doc_id, collection, version=version, tags=tags, chunks=chunks
+        )
+        return await aapply_change(self, event)
+
+    async def document_deleted(
+        self,
+        doc_id: str,
+        collection: str,
+        *,
+        version: int | None = None,
+        tags: Iterable[str] = (),
+    ) -> ChangeReport:
+        """See :meth:`Invalidator.document_deleted`."""
+        event = change_event("deleted", doc_id, collection, version=version, tags=tags)
+        return await aapply_change(self, event)
 
     @property
     def cluster(self) -> bool:
@@ -378,34 +482,7 @@ class AsyncInvalidator:
     async def scan_delete(
         self, pattern: str, *, count: int = SCAN_COUNT, confirm: bool = True
     ) -> int:
-        self.core.check_pattern(pattern)
-        removed = 0
-        async for batch in self._scan(pattern, count):
-            removed += int((await self._runner.execute(self.core.unlink_calls(batch)))[0])
+        removed = await self._runner.run(self.core.scan_delete(pattern, count))
         if confirm:
             await self.confirm()
         return removed
-
-    async def _scan(self, pattern: str, count: int) -> AsyncIterator[list[bytes]]:
-        client = self._runner.client
-        try:
-            if self._runner.cluster:
-                nodes: list[Any] = client.get_primaries()  # type: ignore[union-attr]
-            else:
-                nodes = [None]
-            for node in nodes:
-                cursor: int = 0
-                while True:
-                    if node is None:
-                        cursor, keys = await client.scan(cursor, match=pattern, count=count)
-                    else:
-                        cursor, keys = await client.scan(
-                            cursor, match=pattern, count=count, target_nodes=node
-                        )
-                    cursor = _cursor(cursor)
-                    if keys:
-                        yield [k if isinstance(k, bytes) else k.encode() for k in keys]
-                    if cursor == 0:
-                        break
-        except RedisError as exc:
-            raise translate(exc) from exc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from .commands import Program
@@ -11,11 +11,11 @@ from .errors import CacheBusError
 from .keys import KeyScheme
 from .metrics import LayerMetrics
 from .metrics_store import MetricsPublisher
+from .ratelog import fail_open
 from .runner import AsyncClient, AsyncRunner, SyncClient, SyncRunner
 from .settings import Settings
 
 T = TypeVar("T")
-log = logging.getLogger("cachebus")
 
 
 class LayerCore:
@@ -54,19 +54,38 @@ class SyncShell(Generic[C]):
     def metrics(self) -> LayerMetrics:
         return self.core.metrics
 
-    def _run(self, program: Program[T]) -> T:
-        result = self._runner.run(program)
+    def run(
+        self,
+        program: Program[T],
+        *,
+        fallback: Callable[[], T] | None = None,
+        what: str = "call",
+    ) -> T:
+        """Run a program of :attr:`core` (or one built on it, e.g. by a service or a
+        warming job) on this cache's client, then publish the metrics when due.
+
+        Without ``fallback`` a Redis error raises (as a cachebus error). With it the
+        call fails open by :func:`fail_open_or_raise`: a retriable error, unless the
+        settings are strict, is counted and logged as a failed ``what`` and
+        ``fallback()`` is returned instead (e.g. a miss, or the value computed
+        without the cache)."""
+        try:
+            result = self._runner.run(program)
+        except CacheBusError as exc:
+            if fallback is None:
+                raise
+            fail_open_or_raise(self.core, exc, what)
+            return fallback()
         self._flush_metrics()
         return result
 
     def _soft(self, program: Program[T], fallback: T, what: str) -> T:
-        """Reads and writes fail open (counted) unless the settings are strict."""
-        try:
-            result = self._runner.run(program)
-        except CacheBusError as exc:
-            return _fail_open(self.core, exc, fallback, what)
-        self._flush_metrics()
-        return result
+        """Reads and writes of the layers fail open to a fixed value (see :meth:`run`)."""
+        return self.run(program, fallback=lambda: fallback, what=what)
+
+    def _run(self, program: Program[T]) -> T:
+        """The layers' own strict calls: :meth:`run` without a fallback."""
+        return self.run(program)
 
     def _flush_metrics(self) -> None:
         """Every ``metrics_flush_interval`` s, add this process's counters to Redis
@@ -75,6 +94,17 @@ class SyncShell(Generic[C]):
             # On failure the baseline is kept: retried at the next interval.
             with contextlib.suppress(CacheBusError):
                 self._runner.run(self.core.publisher.flush(self.core.metrics))
+
+    def flush_metrics(self) -> bool:
+        """Publish this layer's counters now, not waiting for the interval (what
+        ``CacheBus.flush()`` / ``close()`` call). Fails open like a write (a Redis
+        error is logged, rate-limited, and the counters go with the next flush; strict
+        settings raise). Returns whether anything was sent."""
+        try:
+            return self._runner.run(self.core.publisher.flush(self.core.metrics, force=True))
+        except CacheBusError as exc:
+            fail_open_or_raise(self.core, exc, "metrics flush", count=False)
+            return False
 
 
 class AsyncShell(Generic[C]):
@@ -90,29 +120,59 @@ class AsyncShell(Generic[C]):
     def metrics(self) -> LayerMetrics:
         return self.core.metrics
 
-    async def _run(self, program: Program[T]) -> T:
-        result = await self._runner.run(program)
+    async def run(
+        self,
+        program: Program[T],
+        *,
+        fallback: Callable[[], Awaitable[T]] | None = None,
+        what: str = "call",
+    ) -> T:
+        """See :meth:`SyncShell.run`; ``fallback`` is awaited."""
+        try:
+            result = await self._runner.run(program)
+        except CacheBusError as exc:
+            if fallback is None:
+                raise
+            fail_open_or_raise(self.core, exc, what)
+            return await fallback()
         await self._flush_metrics()
         return result
 
     async def _soft(self, program: Program[T], fallback: T, what: str) -> T:
-        try:
-            result = await self._runner.run(program)
-        except CacheBusError as exc:
-            return _fail_open(self.core, exc, fallback, what)
-        await self._flush_metrics()
-        return result
+        async def value() -> T:
+            return fallback
+
+        return await self.run(program, fallback=value, what=what)
+
+    async def _run(self, program: Program[T]) -> T:
+        return await self.run(program)
 
     async def _flush_metrics(self) -> None:
         if self.core.publisher.due():
             with contextlib.suppress(CacheBusError):
                 await self._runner.run(self.core.publisher.flush(self.core.metrics))
 
+    async def flush_metrics(self) -> bool:
+        """See :meth:`SyncShell.flush_metrics`."""
+        try:
+            return await self._runner.run(self.core.publisher.flush(self.core.metrics, force=True))
+        except CacheBusError as exc:
+            fail_open_or_raise(self.core, exc, "metrics flush", count=False)
+            return False
 
-def _fail_open(core: LayerCore, exc: CacheBusError, fallback: T, what: str) -> T:
-    # Only transient failures fail open; a denied command is a deployment error.
+
+def fail_open_or_raise(
+    core: LayerCore, exc: CacheBusError, what: str, *, count: bool = True
+) -> None:
+    """The fail-open policy of every cache call (the layers' reads and writes, the
+    services, the metrics flush), in one place: re-raise ``exc`` when the settings are
+    strict or the error is not retriable (a denied command is a deployment error, not
+    an outage); otherwise count it in ``metrics.errors`` (unless ``count=False``: a
+    failed metrics flush is no cache error; the publisher kept its baseline and the
+    next flush sends the counters) and log it, rate-limited
+    (:func:`cachebus.ratelog.fail_open`), and the caller serves its fallback."""
     if core.settings.strict or not exc.retriable:
         raise exc
-    core.metrics.errors += 1
-    log.warning("cachebus %s %s failed open: %s", core.layer_name, what, exc)
-    return fallback
+    if count:
+        core.metrics.errors += 1
+    fail_open(core.layer_name, what, exc)

@@ -14,7 +14,7 @@ import contextlib
 import inspect
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -27,22 +27,24 @@ from redis.exceptions import (
     NoPermissionError,
     NoScriptError,
     OutOfMemoryError,
+    RedisClusterException,
     RedisError,
     ResponseError,
 )
 
 from .commands import (
+    SCAN_COUNT,
     STANDALONE_NODE_TAG,
     Call,
     EachPrimary,
     Invoke,
     Program,
+    ScanEachPrimary,
     Script,
     Sleep,
     node_tags,
 )
 from .errors import (
-    CacheBusError,
     CacheUnavailableError,
     ConfigError,
     PermissionDeniedError,
@@ -110,8 +112,11 @@ def translate(exc: RedisError) -> Exception:
     return CacheUnavailableError(f"Redis call failed: {text}")
 
 
-def _expand(calls: list[Call], cluster: bool) -> tuple[list[Call], list[int]]:
-    """On a cluster, split multi-key commands into one command per key."""
+def split_per_key(calls: list[Call], cluster: bool) -> tuple[list[Call], list[int]]:
+    """On a cluster, split multi-key commands (``MGET``, ``UNLINK``, ``DEL``,
+    ``EXISTS``) into one command per key, so each can go to its key's node. Returns
+    the commands to send and, per original call, how many it became (-1: sent as
+    is); :func:`regroup` puts the replies back. Not a cluster: unchanged, ``[]``."""
     if not cluster:
         return calls, []
     flat: list[Call] = []
@@ -128,7 +133,9 @@ def _expand(calls: list[Call], cluster: bool) -> tuple[list[Call], list[int]]:
     return flat, sizes
 
 
-def _regroup(calls: list[Call], replies: list[Any], sizes: list[int]) -> list[Any]:
+def regroup(calls: list[Call], replies: list[Any], sizes: list[int]) -> list[Any]:
+    """The replies of :func:`split_per_key`'s commands as replies of ``calls``: an
+    MGET's list of values, the sum of an UNLINK's (DEL's, EXISTS') counts."""
     if not sizes:
         return replies
     out: list[Any] = []
@@ -150,7 +157,7 @@ def _raise_first_error(replies: list[Any]) -> None:
             raise reply
 
 
-def _missing_scripts(calls: list[Call], replies: list[Any]) -> list[int]:
+def missing_scripts(calls: list[Call], replies: list[Any]) -> list[int]:
     """Indexes of EVALSHA calls the server did not know (first use, or its
     script cache was emptied by a restart or SCRIPT FLUSH)."""
     return [
@@ -160,7 +167,9 @@ def _missing_scripts(calls: list[Call], replies: list[Any]) -> list[int]:
     ]
 
 
-def _check_each(calls: list[Call]) -> list[Call]:
+def check_each(calls: list[Call]) -> list[Call]:
+    """The calls of an EachPrimary step, refused if they call a script (sent as they
+    are on one connection per primary, with no NOSCRIPT recovery)."""
     if any(call.name == "EVALSHA" for call in calls):
         raise ConfigError("EachPrimary steps cannot call scripts (no NOSCRIPT recovery)")
     return calls
@@ -223,6 +232,8 @@ class SyncRunner:
             return self._execute(calls)
         except RedisError as exc:
             raise translate(exc) from exc
+        except RedisClusterException as exc:  # e.g. no node answered a slot-map refresh
+            raise CacheUnavailableError(f"Redis Cluster call failed: {exc}") from exc
 
     def primary_address(self, node_tag: str) -> str:
         """``host:port`` of the primary a node tag stood for at the last EachPrimary."""
@@ -243,14 +254,14 @@ class SyncRunner:
 
     def _each_primary(self, make: Callable[[str], list[Call]]) -> dict[str, list[Any]]:
         if not isinstance(self.client, redis.cluster.RedisCluster):
-            calls = _check_each(make(STANDALONE_NODE_TAG))
+            calls = check_each(make(STANDALONE_NODE_TAG))
             replies = self._pipeline(calls) if calls else []
             _raise_first_error(replies)
             return {STANDALONE_NODE_TAG: replies}
         cluster = self.client
         primaries = cluster.get_primaries()  # type: ignore[no-untyped-call]
         targets = self._tags.targets(cluster.nodes_manager, primaries)
-        work = [(tag, node, _check_each(make(tag))) for tag, node in targets]
+        work = [(tag, node, check_each(make(tag))) for tag, node in targets]
 
         def send(node: Any, calls: list[Call]) -> list[Any]:
             if not calls:
@@ -293,9 +304,9 @@ class SyncRunner:
                     return [client.execute_command(call.name, *call.args)]  # type: ignore[no-untyped-call]
             if call.name == "MGET" and isinstance(client, redis.cluster.RedisCluster):
                 return [client.mget_nonatomic(list(call.args))]
-        flat, sizes = _expand(calls, self.cluster)
+        flat, sizes = split_per_key(calls, self.cluster)
         replies = self._pipeline(flat)
-        missing = _missing_scripts(flat, replies)
+        missing = missing_scripts(flat, replies)
         if missing:
             for i in missing:
                 self._load(flat[i])
@@ -303,7 +314,7 @@ class SyncRunner:
             for i, reply in zip(missing, retried, strict=True):
                 replies[i] = reply
         _raise_first_error(replies)
-        return _regroup(calls, replies, sizes)
+        return regroup(calls, replies, sizes)
 
     def _pipeline(self, calls: list[Call]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
@@ -316,34 +327,29 @@ class SyncRunner:
         self.client.script_load(Script.registry[call.args[0]])
 
     def run(self, program: Program[T]) -> T:
-        try:
-            step = next(program)
-            while True:
-                if isinstance(step, Sleep):
-                    time.sleep(step.seconds)
-                    reply: Any = None
-                elif isinstance(step, Invoke):
-                    try:
-                        reply = step.fn(*step.args)
-                        if inspect.isawaitable(reply):
-                            raise ConfigError("a sync cache was given an async callable")
-                    except Exception as exc:
-                        # Let the program clean up (release leases), then re-raise.
-                        step = program.throw(exc)
-                        continue
-                else:
-                    try:
-                        if isinstance(step, EachPrimary):
-                            reply = self.each_primary(step.make)
-                        else:
-                            reply = self.execute(step)
-                    except CacheBusError:
-                        program.close()
-                        raise
-                step = program.send(reply)
-        except StopIteration as stop:
-            value: T = stop.value
-            return value
+        """Drive ``program`` to its end and return its value (see :func:`drive`)."""
+        return drive(program, self.execute, self.each_primary, time.sleep)
+
+    def scan(self, match: str, count: int = SCAN_COUNT) -> Iterator[tuple[str, list[bytes]]]:
+        """``(node_tag, keys)`` batches of :class:`~cachebus.commands.ScanEachPrimary`
+        as they come, one round at a time, for plain code that acts between rounds
+        (``cachebus stats``, the stamp cleanup). Programs use the class directly."""
+        scan = ScanEachPrimary(match, count)
+        while not scan.done:
+            yield from self.run(scan.round()).items()
+
+    def close(self) -> None:
+        """Stop the threads of :meth:`each_primary` (the client is the caller's)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def __enter__(self) -> SyncRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class AsyncRunner:
@@ -361,6 +367,8 @@ class AsyncRunner:
             return await self._execute(calls)
         except RedisError as exc:
             raise translate(exc) from exc
+        except RedisClusterException as exc:  # e.g. no node answered a slot-map refresh
+            raise CacheUnavailableError(f"Redis Cluster call failed: {exc}") from exc
 
     def primary_address(self, node_tag: str) -> str:
         """``host:port`` of the primary a node tag stood for at the last EachPrimary."""
@@ -381,13 +389,13 @@ class AsyncRunner:
 
     async def _each_primary(self, make: Callable[[str], list[Call]]) -> dict[str, list[Any]]:
         if not isinstance(self.client, redis.asyncio.cluster.RedisCluster):
-            calls = _check_each(make(STANDALONE_NODE_TAG))
+            calls = check_each(make(STANDALONE_NODE_TAG))
             replies = await self._pipeline(calls) if calls else []
             _raise_first_error(replies)
             return {STANDALONE_NODE_TAG: replies}
         cluster = await self.client.initialize()
         targets = self._tags.targets(cluster.nodes_manager, cluster.get_primaries())
-        work = [(tag, node, _check_each(make(tag))) for tag, node in targets]
+        work = [(tag, node, check_each(make(tag))) for tag, node in targets]
 
         async def send(node: Any, calls: list[Call]) -> list[Any]:
             # ClusterNode.execute_pipeline: one connection, every command sent, then
@@ -421,9 +429,9 @@ class AsyncRunner:
                     return [await client.execute_command(call.name, *call.args)]
             if call.name == "MGET" and isinstance(client, redis.asyncio.cluster.RedisCluster):
                 return [await client.mget_nonatomic(list(call.args))]
-        flat, sizes = _expand(calls, self.cluster)
+        flat, sizes = split_per_key(calls, self.cluster)
         replies = await self._pipeline(flat)
-        missing = _missing_scripts(flat, replies)
+        missing = missing_scripts(flat, replies)
         if missing:
             for i in missing:
                 await self._load(flat[i])
@@ -431,7 +439,7 @@ class AsyncRunner:
             for i, reply in zip(missing, retried, strict=True):
                 replies[i] = reply
         _raise_first_error(replies)
-        return _regroup(calls, replies, sizes)
+        return regroup(calls, replies, sizes)
 
     async def _pipeline(self, calls: list[Call]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
@@ -444,30 +452,101 @@ class AsyncRunner:
         await self.client.script_load(Script.registry[call.args[0]])
 
     async def run(self, program: Program[T]) -> T:
-        try:
-            step = next(program)
-            while True:
-                if isinstance(step, Sleep):
-                    await asyncio.sleep(step.seconds)
-                    reply: Any = None
-                elif isinstance(step, Invoke):
-                    try:
-                        reply = step.fn(*step.args)
-                        if inspect.isawaitable(reply):
-                            reply = await reply
-                    except Exception as exc:
-                        step = program.throw(exc)
-                        continue
-                else:
-                    try:
-                        if isinstance(step, EachPrimary):
-                            reply = await self.each_primary(step.make)
-                        else:
-                            reply = await self.execute(step)
-                    except CacheBusError:
-                        program.close()
-                        raise
-                step = program.send(reply)
-        except StopIteration as stop:
-            value: T = stop.value
-            return value
+        """Drive ``program`` to its end and return its value (see :func:`drive_async`)."""
+        return await drive_async(program, self.execute, self.each_primary, asyncio.sleep)
+
+
+def invoke(step: Invoke) -> Any:
+    """Call an :class:`Invoke` step's user code."""
+    return step.fn(*step.args)
+
+
+def drive(
+    program: Program[T],
+    execute: Callable[[list[Call]], list[Any]],
+    each_primary: Callable[[Callable[[str], list[Call]]], dict[str, list[Any]]],
+    sleep: Callable[[float], None],
+    call: Callable[[Invoke], Any] = invoke,
+) -> T:
+    """The sync run loop, apart from I/O: ``execute`` answers a list step,
+    ``each_primary`` an :class:`EachPrimary` step's ``make``, ``sleep`` a
+    :class:`Sleep`, ``call`` an :class:`Invoke` (user code; an awaitable result is
+    a :class:`ConfigError`). A user-code error, and an error from a step (Redis
+    errors come translated into cachebus errors), is thrown into the program at the
+    step that failed: its ``finally`` blocks run and may send cleanup steps (a
+    read-through releases its leases), then the error comes out of the program and
+    of ``drive``. (Closing the program instead would turn such a ``finally`` into a
+    ``RuntimeError: generator ignored GeneratorExit`` that no fail-open catches.)
+
+    :class:`SyncRunner` drives programs with it on Redis; ``devtools.scripted``
+    with a script, so unit tests run this very loop."""
+    try:
+        step = next(program)
+        while True:
+            if isinstance(step, Sleep):
+                sleep(step.seconds)
+                reply: Any = None
+            elif isinstance(step, Invoke):
+                try:
+                    reply = call(step)
+                    if inspect.isawaitable(reply):
+                        if inspect.iscoroutine(reply):
+                            reply.close()  # closed, so it is not reported as never awaited
+                        raise ConfigError("a sync cache was given an async callable")
+                except Exception as exc:
+                    # Let the program clean up (release leases), then re-raise.
+                    step = program.throw(exc)
+                    continue
+            else:
+                try:
+                    if isinstance(step, EachPrimary):
+                        reply = each_primary(step.make)
+                    else:
+                        reply = execute(step)
+                except Exception as exc:
+                    # Thrown in like a user-code error, not closed: a program whose
+                    # ``finally`` sends a cleanup step (read-through releasing its
+                    # leases) gets it run, then the error comes out of the program.
+                    step = program.throw(exc)
+                    continue
+            step = program.send(reply)
+    except StopIteration as stop:
+        value: T = stop.value
+        return value
+
+
+async def drive_async(
+    program: Program[T],
+    execute: Callable[[list[Call]], Awaitable[list[Any]]],
+    each_primary: Callable[[Callable[[str], list[Call]]], Awaitable[dict[str, list[Any]]]],
+    sleep: Callable[[float], Awaitable[None]],
+    call: Callable[[Invoke], Any] = invoke,
+) -> T:
+    """The asyncio run loop (see :func:`drive`); an awaitable from user code is awaited."""
+    try:
+        step = next(program)
+        while True:
+            if isinstance(step, Sleep):
+                await sleep(step.seconds)
+                reply: Any = None
+            elif isinstance(step, Invoke):
+                try:
+                    reply = call(step)
+                    if inspect.isawaitable(reply):
+                        reply = await reply
+                except Exception as exc:
+                    step = program.throw(exc)
+                    continue
+            else:
+                try:
+                    if isinstance(step, EachPrimary):
+                        reply = await each_primary(step.make)
+                    else:
+                        reply = await execute(step)
+                except Exception as exc:
+                    step = program.throw(exc)
+                    continue
+            step = program.send(reply)
+    except StopIteration as stop:
+        value: T = stop.value
+        return value

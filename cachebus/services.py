@@ -10,7 +10,7 @@ import numpy as np
 
 from .codecs import Vector
 from .embedders import AsyncEmbedder, Embedder
-from .errors import CacheBusError, ConfigError
+from .errors import ConfigError
 from .query_embeddings import AsyncQueryEmbeddingCache, QueryEmbeddingCache
 from .querylog import AsyncQueryLog, QueryLog
 from .search_results import (
@@ -80,14 +80,15 @@ class CachedEmbeddingService:
         def compute(todo: list[str]) -> Any:
             return self.embedder.embed(todo)
 
-        try:
-            vectors = self.cache._run(self.cache.core.read_through(unique, compute))
-        except CacheBusError as exc:
-            if self.cache.core.settings.strict or not exc.retriable:
-                raise
-            self.cache.metrics.errors += 1
+        def direct() -> list[Vector]:
             self.cache.metrics.provider_calls += 1
-            vectors = [np.asarray(v, dtype=np.float32) for v in self.embedder.embed(unique)]
+            return [np.asarray(v, dtype=np.float32) for v in self.embedder.embed(unique)]
+
+        vectors = self.cache.run(
+            self.cache.core.read_through(unique, compute),
+            fallback=direct,
+            what="embed_batch (embedder called directly)",
+        )
         by_text = dict(zip(unique, vectors, strict=True))
         return [by_text[t] for t in texts]
 
@@ -111,17 +112,18 @@ class AsyncCachedEmbeddingService:
         def compute(todo: list[str]) -> Any:
             return self.embedder.embed(todo)
 
-        try:
-            vectors = await self.cache._run(self.cache.core.read_through(unique, compute))
-        except CacheBusError as exc:
-            if self.cache.core.settings.strict or not exc.retriable:
-                raise
-            self.cache.metrics.errors += 1
+        async def direct() -> list[Vector]:
             self.cache.metrics.provider_calls += 1
             raw = self.embedder.embed(unique)
             if isinstance(raw, Awaitable):
                 raw = await raw
-            vectors = [np.asarray(v, dtype=np.float32) for v in raw]
+            return [np.asarray(v, dtype=np.float32) for v in raw]
+
+        vectors = await self.cache.run(
+            self.cache.core.read_through(unique, compute),
+            fallback=direct,
+            what="embed_batch (embedder called directly)",
+        )
         by_text = dict(zip(unique, vectors, strict=True))
         return [by_text[t] for t in texts]
 
@@ -163,14 +165,12 @@ class CachedSearchService:
             vector = self.embeddings.embed(query)
             return [list(self.pipeline.search(collection, vector, filters, top_k))]
 
-        try:
-            results: Results = cache._run(cache.core.read_through(request, compute))
-            return results
-        except CacheBusError as exc:
-            if cache.core.settings.strict or not exc.retriable:
-                raise
-            cache.metrics.errors += 1
-            return compute([request])[0]
+        results: Results = cache.run(
+            cache.core.read_through(request, compute),
+            fallback=lambda: compute([request])[0],
+            what="search (pipeline called directly)",
+        )
+        return results
 
 
 class AsyncCachedSearchService:
@@ -205,11 +205,11 @@ class AsyncCachedSearchService:
             vector = await self.embeddings.embed(query)
             return [list(await self.pipeline.search(collection, vector, filters, top_k))]
 
-        try:
-            results: Results = await cache._run(cache.core.read_through(request, compute))
-            return results
-        except CacheBusError as exc:
-            if cache.core.settings.strict or not exc.retriable:
-                raise
-            cache.metrics.errors += 1
+        async def direct() -> Results:
             return (await compute([request]))[0]
+
+        return await cache.run(
+            cache.core.read_through(request, compute),
+            fallback=direct,
+            what="search (pipeline called directly)",
+        )

@@ -26,7 +26,9 @@ class Settings:
     redis_cluster: bool = False
     """Connect with RedisCluster (the URL names any one node)."""
     redis_timeout: float = 2.0
-    """Socket timeout for every Redis call, seconds."""
+    """Socket timeout for every Redis call, seconds: of clients ``connect()`` builds, and
+    of a client given to ``CacheBus`` / ``AsyncCacheBus`` (bounded in place, one attempt
+    per call; see :mod:`cachebus.timeouts`)."""
     prefix: str = "cb"
     """Prefix of every key; lets one Redis host several deployments and fences ACLs."""
     codec: str = "float32"
@@ -184,3 +186,27 @@ def _parse(name: str, raw: str, kind: type) -> Any:
             f"CACHEBUS_{name.upper()}={raw!r} is not a valid {kind.__name__}"
         ) from None
     return raw
+
+
+def check_kafka_files(settings: Settings) -> None:
+    """Raise :class:`ConfigError` naming ``CACHEBUS_KAFKA_SSL_CAFILE`` and its path when
+    it is set and cannot be loaded as CA certificates (``ssl`` itself reports a missing
+    file without its path)."""
+    path = settings.kafka_ssl_cafile
+    if not path:
+        return
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        raise ConfigError(f"CACHEBUS_KAFKA_SSL_CAFILE {path!r}: no such file") from None
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"CACHEBUS_KAFKA_SSL_CAFILE {path!r} holds no usable PEM CA certificate: "
+            f"{exc.reason or exc}"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"CACHEBUS_KAFKA_SSL_CAFILE {path!r} cannot be read: {exc.strerror or exc}"
+        ) from None

@@ -21,6 +21,7 @@ work is bounded by ``limit`` keys per call.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,15 +58,17 @@ def collect_stamps(
     pattern = f"{escape_glob(settings.prefix)}:stamp:*"
     batch: list[bytes] = []
     try:
-        for key in scan_keys(client, pattern):
-            batch.append(key)
-            if len(batch) >= BATCH:
-                _sweep(client, settings, batch, report, dry_run)
-                batch = []
-                if progress is not None:
-                    progress(report)
-            if limit is not None and report.scanned + len(batch) >= limit:
-                break
+        # SCAN on every primary (cachebus.commands.ScanEachPrimary); closed at a limit.
+        with contextlib.closing(scan_keys(client, pattern)) as keys:
+            for key in keys:
+                batch.append(key)
+                if len(batch) >= BATCH:
+                    _sweep(client, settings, batch, report, dry_run)
+                    batch = []
+                    if progress is not None:
+                        progress(report)
+                if limit is not None and report.scanned + len(batch) >= limit:
+                    break
         if batch:
             _sweep(client, settings, batch, report, dry_run)
     except RedisError as exc:

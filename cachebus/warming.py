@@ -133,7 +133,7 @@ def warm_queries(
     report = WarmReport()
     texts = [text for text, _ in query_log.top(top_n, days)]
     for batch in _batches(texts, batch_size):
-        lookup = query_cache._run(core.lookup(batch))
+        lookup = query_cache.run(core.lookup(batch))
         misses = [t for t, v in zip(batch, lookup.values, strict=True) if v is None]
         report.considered += len(batch)
         report.already_cached += len(batch) - len(misses)
@@ -143,7 +143,7 @@ def warm_queries(
             report.provider_calls += 1
             core.metrics.provider_calls += 1
             vectors = _embed(embedder, misses)
-            stored = query_cache._run(core.store(misses, vectors, lookup.ticket))
+            stored = query_cache.run(core.store(misses, vectors, lookup.ticket))
             report.warmed += stored
             report.refused += len(misses) - stored
         report.seconds = time.monotonic() - started
@@ -211,7 +211,7 @@ def warm_documents(
         # The same chunk twice in a batch: the later one wins, embedded once.
         batch: Sequence[_Chunk] = list({(c.doc_id, c.chunk_id): c for c in raw_batch}.values())
         refs = [ChunkRef(c.doc_id, c.chunk_id, c.content_hash) for c in batch]
-        lookup = doc_cache._run(core.lookup(refs))
+        lookup = doc_cache.run(core.lookup(refs))
         misses = [c for c, v in zip(batch, lookup.values, strict=True) if v is None]
         report.considered += len(batch)
         report.already_cached += len(batch) - len(misses)
@@ -226,7 +226,7 @@ def warm_documents(
                 by_doc.setdefault(chunk.doc_id, []).append(
                     ChunkVector(chunk.chunk_id, vector, chunk.content_hash)
                 )
-            stored = doc_cache._run(core.store(by_doc, lookup.ticket))
+            stored = doc_cache.run(core.store(by_doc, lookup.ticket))
             report.warmed += stored
             report.refused += len(misses) - stored
         report.seconds = time.monotonic() - started

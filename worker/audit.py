@@ -42,10 +42,41 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _lag_ms(record: SourceRecord) -> float | None:
+def _lag_ms(record: SourceRecord, event: DocumentEvent | None) -> float | None:
+    """Milliseconds from the change (the event's ``occurred_at``) to now, as
+    ``schemas/audit-event.schema.json`` defines ``lag_ms``: what a reader of the cache
+    waited for the invalidation, pipeline included. The record's produce timestamp
+    stands in when the event could not be read (its position is in ``source``)."""
+    now_ms = time.time() * 1000
+    if event is not None:
+        occurred = _epoch_ms(event.occurred_at)
+        if occurred is not None:
+            return round(now_ms - occurred, 1)
     if record.timestamp_ms is None or record.timestamp_ms < 0:
         return None
-    return round(time.time() * 1000 - record.timestamp_ms, 1)
+    return round(now_ms - record.timestamp_ms, 1)
+
+
+def _epoch_ms(rfc3339: str) -> float | None:
+    """An RFC 3339 date-time (as the event schema allows it) in ms since the epoch."""
+    text = rfc3339.replace("z", "Z").replace("Z", "+00:00")
+    head, dot, rest = text.partition(".")
+    if dot:  # datetime takes at most 6 fractional digits; the schema allows any number
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = f"{head}.{rest[:digits][:6].ljust(6, '0')}{rest[digits:]}"
+    try:
+        return datetime.fromisoformat(text).timestamp() * 1000
+    except ValueError:  # e.g. 2025-02-30, which the schema's pattern lets through
+        return None
+
+
+def audit_key(audit: dict[str, Any]) -> bytes | None:
+    """The Kafka key of an audit event: its ``doc_id`` (UTF-8), or none when the input
+    could not be read (``schemas/README.md``)."""
+    doc_id = audit.get("doc_id")
+    if not isinstance(doc_id, str):
+        return None
+    return doc_id.encode("utf-8", "surrogatepass")
 
 
 def audit_event(
@@ -80,7 +111,7 @@ def audit_event(
         "keys_removed": applied.keys_removed if applied else 0,
         "generations_bumped": applied.generations if applied else {},
         "source": record.source(),
-        "lag_ms": _lag_ms(record),
+        "lag_ms": _lag_ms(record, event),
         "processed_at": processed_at or now_rfc3339(),
         "worker_id": worker_id,
         "replay": replay,

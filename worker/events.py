@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from cachebus.errors import InvalidEventError
+from cachebus.planning import DocumentEvent, EventType
 
 from .schemas import validator
 
-EventType = Literal["created", "updated", "deleted"]
+__all__ = ["DocumentEvent", "EventType", "parse_event", "peek_field", "peek_fields"]
 SUPPORTED_SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True, slots=True)
-class DocumentEvent:
-    """A validated document event (see ``schemas/document-event.schema.json``)."""
-
-    event_id: str
-    event_type: EventType
-    doc_id: str
-    collection: str
-    doc_version: int
-    occurred_at: str
-    tags: tuple[str, ...] = ()
-    chunks: tuple[tuple[str, str], ...] | None = None
-    """(chunk_id, content_hash) pairs, when the pipeline sent them."""
-    chunk_ids: tuple[str, ...] = ()
-    content_hash: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def peek_fields(value: bytes, names: tuple[str, ...]) -> dict[str, str]:
@@ -131,11 +113,48 @@ def _slow_loads(value: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise InvalidEventError("invalid_encoding", f"value is not UTF-8: {exc}") from None
     try:
-        return json.loads(text)
+        data = json.loads(text, parse_constant=_NonFinite)
     except RecursionError:
         raise InvalidEventError("invalid_json", "JSON nested too deeply") from None
     except ValueError as exc:
         raise InvalidEventError("invalid_json", str(exc)) from None
+    found = _non_finite(data)
+    if found is not None:
+        path, token = found
+        # The standard library reads NaN/Infinity (orjson does not); jsonschema-rs would
+        # then see them as null and report "null is not of type integer".
+        raise InvalidEventError(
+            "schema_violation",
+            f"at {path}: {token} is not a JSON number (JSON has no NaN or Infinity)",
+        )
+    return data
+
+
+class _NonFinite:
+    """What ``json.loads`` reads for ``NaN``, ``Infinity`` and ``-Infinity``."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+
+def _non_finite(data: Any) -> tuple[str, str] | None:
+    """The path and token of the first NaN/Infinity in ``data``, if any."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, _NonFinite):
+            return path or "(root)", item.token
+        if isinstance(item, dict):
+            children = list(item.items())
+        elif isinstance(item, list):
+            children = list(enumerate(item))
+        else:
+            continue
+        for name, child in reversed(children):
+            stack.append((f"{path}/{name}" if path else str(name), child))
+    return None
 
 
 def peek_field(value: bytes, name: str) -> str | None:

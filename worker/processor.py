@@ -25,7 +25,7 @@ from cachebus.settings import Settings
 
 from . import metrics
 from .applier import Applied, Applier
-from .audit import SourceRecord, audit_event, dead_letter, now_rfc3339, to_bytes
+from .audit import SourceRecord, audit_event, audit_key, dead_letter, now_rfc3339, to_bytes
 from .events import DocumentEvent, parse_event
 from .planner import Plan, plan
 from .rules import Rules
@@ -51,6 +51,21 @@ class Outbound:
     """Events whose high-water marks :meth:`Processor.commit` raises."""
     audit_docs: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
     """The audit events before encoding (for reports)."""
+
+
+def check_key(key: bytes | None, event: DocumentEvent) -> None:
+    """A record's key must be its event's ``doc_id`` (UTF-8), or absent. Another key
+    may put the document's events on several partitions, where nothing orders them
+    (see schemas/README.md): such a record is dead-lettered (``key_mismatch``)."""
+    if key is None or key == event.doc_id.encode("utf-8", "surrogatepass"):
+        return
+    shown = key[:200].decode("utf-8", "backslashreplace")
+    raise InvalidEventError(
+        "key_mismatch",
+        f"record key {shown!r} is not the event's doc_id {event.doc_id[:200]!r}: "
+        "publish each event with key = doc_id (UTF-8) so one document's events share a "
+        "partition and stay in order",
+    )
 
 
 class Processor:
@@ -127,6 +142,7 @@ class Processor:
         for i, record in enumerate(records):
             try:
                 event = parse_event(record.value, max_bytes=self.settings.max_event_bytes)
+                check_key(record.key, event)
                 good.append((i, event, plan(event, self.rules, self.keys)))
             except InvalidEventError as exc:
                 self._dead_letter(out, audits, i, record, exc.reason, exc.detail)
@@ -157,9 +173,9 @@ class Processor:
                     partition=record.partition,
                     offset=record.offset,
                 )
-        for i, audit in enumerate(audits):
+        for audit in audits:
             if audit is not None:
-                key = records[i].key
+                key = audit_key(audit)
                 out.audits.append((key, to_bytes(audit)))
                 out.audit_docs.append((key, audit))
         return out

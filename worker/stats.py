@@ -17,7 +17,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, TextIO
 
@@ -27,10 +27,10 @@ from cachebus import metrics_store
 from cachebus.bus import info_per_node, used_memory
 from cachebus.connection import connect
 from cachebus.keys import KeyScheme
-from cachebus.runner import SyncClient, is_cluster, translate
+from cachebus.runner import SyncClient, SyncRunner, translate
 from cachebus.settings import Settings
 
-from .monitor import DEFAULT_WINDOW, parse_window, read_consistency
+from .verify import DEFAULT_WINDOW, parse_window, read_consistency
 
 LAYERS: tuple[tuple[str, str], ...] = (
     ("qe", "query_embeddings"),
@@ -93,29 +93,6 @@ class ConsumerLag:
 # -- Redis -------------------------------------------------------------------
 
 
-def _scan(client: SyncClient, pattern: str) -> Iterator[tuple[str, list[bytes]]]:
-    """(node name, keys) batches of SCAN MATCH on every primary."""
-    if is_cluster(client):
-        nodes: list[Any] = client.get_primaries()  # type: ignore[union-attr]
-    else:
-        nodes = [None]
-    for node in nodes:
-        name = "redis" if node is None else str(node.name)
-        cursor: Any = 0
-        while True:
-            if node is None:
-                cursor, keys = client.scan(cursor, match=pattern, count=SCAN_COUNT)
-            else:
-                cursor, keys = client.scan(
-                    cursor, match=pattern, count=SCAN_COUNT, target_nodes=node
-                )
-            if isinstance(cursor, dict):  # cluster: {node name: cursor}
-                cursor = next(iter(cursor.values()), 0)
-            yield name, [k if isinstance(k, bytes) else k.encode() for k in keys]
-            if int(cursor) == 0:
-                break
-
-
 def scan_layers(
     client: SyncClient,
     prefix: str,
@@ -130,8 +107,11 @@ def scan_layers(
     head = KeyScheme(prefix).prefix + ":"
     usage = {segment: LayerUsage() for segment, _ in LAYERS}
     other = seen = 0
+    runner = SyncRunner(client)
     try:
-        for node, batch in _scan(client, KeyScheme(prefix).pattern("*")):
+        # One SCAN pass over every primary (cachebus.commands.ScanEachPrimary).
+        for tag, batch in runner.scan(KeyScheme(prefix).pattern("*"), SCAN_COUNT):
+            node = runner.primary_address(tag)
             for key in batch:
                 segment = key[len(head) :].split(b":", 1)[0].decode("ascii", "replace")
                 layer = usage.get(segment)
@@ -155,6 +135,8 @@ def scan_layers(
             _measure(client, layer)
     except RedisError as exc:
         raise translate(exc) from exc
+    finally:
+        runner.close()
     return usage, other
 
 

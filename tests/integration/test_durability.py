@@ -91,7 +91,7 @@ def test_each_primary_one_pipeline_per_primary(any_redis: Any) -> None:
         for tag in replies:
             node = any_redis.nodes_manager.get_node_from_slot(key_slot(tag.encode()))
             names.add(node.name)
-            assert inv._runner.primary_address(tag) == node.name
+            assert inv.primary_address(tag) == node.name
             # the smallest integer string this primary owns
             owner = any_redis.nodes_manager.get_node_from_slot
             assert all(owner(key_slot(str(i).encode())).name != node.name for i in range(int(tag)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import threading
 import time
@@ -20,6 +21,7 @@ from cachebus import (
     SearchHit,
     Settings,
 )
+from cachebus.ratelog import FAIL_OPEN
 from cachebus.testing import RedisServer
 
 S = Settings(prefix="t")
@@ -90,6 +92,42 @@ class TestCachedEmbeddingService:
             with pytest.raises(CacheUnavailableError):
                 strict.get("warm")
             client.close()
+
+
+def test_fail_open_is_logged_once_per_interval_per_layer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis down: every call through the layers and the services fails open (counted)
+    but the log gets one WARNING per (layer, error type) per 10 s, not one per call."""
+    with RedisServer(use_env=False) as server:
+        client = server.client(socket_timeout=0.5, socket_connect_timeout=0.5,
+                               retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
+        emb = CountingEmbedder()
+        bus = CacheBus(client, S)
+        embeddings = bus.embedding_service(emb)
+        index = FakeIndex()
+        index.docs["d"] = emb.embed(["d"])[0]
+        search = CachedSearchService(bus.search_results, embeddings, index)
+        server.stop()
+        FAIL_OPEN.reset()
+        with caplog.at_level(logging.WARNING, logger="cachebus"):
+            for i in range(20):
+                assert len(embeddings.embed_batch([f"q{i}", "a"])) == 2
+                assert bus.query_embeddings(emb.model).get_many(["x"]) == [None]
+                assert search.search("kb", f"query {i}", top_k=1)[0].doc_id == "d"
+        failed = [r.getMessage() for r in caplog.records if "failed open" in r.getMessage()]
+        assert len(failed) == 2, failed
+        assert failed[0].startswith(
+            "cachebus query_embeddings embed_batch (embedder called directly) failed open "
+            "(CacheUnavailableError): "
+        )
+        assert failed[1].startswith(
+            "cachebus search_results search (pipeline called directly) failed open "
+            "(CacheUnavailableError): "
+        )
+        assert bus.query_embeddings(emb.model).metrics.errors >= 40
+        assert FAIL_OPEN.suppressed(("query_embeddings", "CacheUnavailableError")) >= 39
+        client.close()
 
 
 class FakeIndex:

@@ -7,7 +7,7 @@ import json
 import re
 import time
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from worker.audit import (
     MAX_DLQ_ORIGINAL,
     SourceRecord,
     audit_event,
+    audit_key,
     dead_letter,
     now_rfc3339,
     to_bytes,
@@ -45,6 +46,7 @@ DLQ_REASONS = (
     "unknown_event_type",
     "unsupported_schema_version",
     "oversize",
+    "key_mismatch",
     "processing_error",
 )
 # Corpus cases whose audit or dead letter cannot be serialised today.
@@ -188,8 +190,10 @@ class TestAppliedAudit:
         assert audit["replay"] is True
 
     def test_source_and_lag(self) -> None:
-        """source is the record's position; lag_ms is measured from the record timestamp."""
-        raw = encode(valid_event())
+        """source is the record's position; lag_ms is measured from the event's
+        occurred_at (the schema's definition), not from the record timestamp."""
+        occurred = datetime.now(UTC) - timedelta(seconds=30)
+        raw = encode(valid_event(occurred_at=occurred.isoformat().replace("+00:00", "Z")))
         rec = record(raw, timestamp_ms=int(time.time() * 1000) - 5000, offset=9)
         audit = audit_event(
             rec, worker_id=WORKER, replay=False, event=parse(raw), applied=Applied("applied")
@@ -200,9 +204,60 @@ class TestAppliedAudit:
             "offset": 9,
             "timestamp_ms": rec.timestamp_ms,
         }
-        assert 4900 <= audit["lag_ms"] < 65_000
+        assert 29_900 <= audit["lag_ms"] < 90_000
         assert RFC3339_MS_Z.match(audit["processed_at"])
         assert audit["worker_id"] == WORKER
+        assert_valid("audit-event", audit)
+
+    @pytest.mark.parametrize(
+        ("occurred_at", "offset_s"),
+        [
+            ("{t}Z", 0),
+            ("{t}.5Z", 0.5),
+            ("{t}.123456789Z", 0.123456789),
+            ("{t}+02:00", -7200),
+            ("{t}.25-01:30", 5400.25),
+        ],
+    )
+    def test_lag_reads_every_rfc3339_form(self, occurred_at: str, offset_s: float) -> None:
+        """Offsets, no fraction and more than 6 fractional digits all count."""
+        base = datetime.now(UTC).replace(microsecond=0, tzinfo=None) - timedelta(seconds=60)
+        text = occurred_at.format(t=base.isoformat())
+        event = replace(parse(encode(valid_event())), occurred_at=text)
+        audit = audit_event(record(b"{}"), worker_id=WORKER, replay=False, event=event,
+                            applied=Applied("applied"))
+        expected = (datetime.now(UTC) - base.replace(tzinfo=UTC)).total_seconds() - offset_s
+        assert abs(audit["lag_ms"] / 1000 - expected) < 5
+
+    def test_lag_falls_back_to_the_record_timestamp(self) -> None:
+        """An occurred_at no calendar has (2025-02-30 passes the pattern) or a
+        dead-lettered record: the produce timestamp stands in."""
+        event = replace(parse(encode(valid_event())), occurred_at="2025-02-30T00:00:00Z")
+        rec = record(b"{}", timestamp_ms=int(time.time() * 1000) - 7000)
+        audit = audit_event(rec, worker_id=WORKER, replay=False, event=event,
+                            applied=Applied("applied"))
+        assert 6_900 <= audit["lag_ms"] < 60_000
+        dead = audit_event(rec, worker_id=WORKER, replay=False, dead_letter_reason="x: y")
+        assert 6_900 <= dead["lag_ms"] < 60_000
+
+
+class TestAuditKey:
+    def test_keyed_by_doc_id_not_by_the_record_key(self) -> None:
+        """schemas/README.md: audits are keyed by doc_id (UTF-8)."""
+        raw = encode(valid_event(doc_id="kb/ä*1"))
+        audit = audit_event(record(raw, key=b"other"), worker_id=WORKER, replay=False,
+                            event=parse(raw), applied=Applied("applied"))
+        assert audit_key(audit) == "kb/ä*1".encode()
+
+    def test_dead_letter_audit_keyed_by_what_could_be_read(self) -> None:
+        """A dead-lettered record: its doc_id if one could be read, else no key."""
+        readable = encode(valid_event(doc_version="3"))
+        audit = audit_event(record(readable, key=b"k"), worker_id=WORKER, replay=False,
+                            dead_letter_reason="schema_violation: x")
+        assert audit_key(audit) == b"d1"
+        unreadable = audit_event(record(b"\xff", key=b"k"), worker_id=WORKER, replay=False,
+                                 dead_letter_reason="invalid_encoding: x")
+        assert unreadable["doc_id"] is None and audit_key(unreadable) is None
 
 
 class TestSkippedAudit:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cachebus.errors import ConfigError
-from worker.rules import EventRule, Rules, ScanRule, _merge, load_rules, parse_rules
+from worker.rules import EventRule, Rules, ScanRule, load_rules, merge_tables, parse_rules
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -84,14 +84,14 @@ class TestOverride:
             "updated": {"embeddings": "none"},
             "scan": [{"events": ["created"], "pattern": "new:*"}],
         }
-        merged = _merge(base, override)
+        merged = merge_tables(base, override)
         assert merged["scan"] == [{"events": ["created"], "pattern": "new:*"}]
         assert merged["updated"] == {"invalidate_doc": True, "embeddings": "none"}
         assert base["scan"] == [{"events": ["deleted"], "pattern": "old:*"}]  # not mutated
 
     def test_empty_scan_list_turns_scans_off(self) -> None:
         """scan = [] in an override leaves no scan rules."""
-        merged = _merge({"scan": [{"events": ["deleted"], "pattern": "old:*"}]}, {"scan": []})
+        merged = merge_tables({"scan": [{"events": ["deleted"], "pattern": "old:*"}]}, {"scan": []})
         assert parse_rules(merged).scans == ()
 
     def test_parse_rules_of_nothing(self) -> None:
