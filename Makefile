@@ -7,7 +7,7 @@ setup:            ## install redis-server, Java/Maven, the package and Kafka jar
 	bash scripts/setup.sh
 
 demo: setup       ## local Kafka + Redis + worker + a content-pipeline scenario
-	$(PYTHON) -m worker.demo
+	$(PYTHON) -m devtools.demo
 
 test: setup       ## the whole suite, real Redis, Redis Cluster and Kafka
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

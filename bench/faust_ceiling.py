@@ -80,7 +80,7 @@ async def _produce(settings: Settings, events: list[tuple[bytes, bytes]]) -> Non
 def run(base: Settings, events: list[tuple[bytes, bytes]], runs: int) -> dict[str, Any]:
     """Produce ``events`` to a fresh topic once; drain it ``runs`` times, each with a new
     consumer group (so each run reads the whole backlog)."""
-    from worker.stack import settings_env
+    from devtools.stack import settings_env
 
     topic = f"{base.events_topic}.ceiling"
     settings = base.with_(

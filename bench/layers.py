@@ -9,7 +9,7 @@ from typing import Any
 import redis
 
 import cachebus
-from cachebus.testing import RedisServer
+from devtools.redis_servers import RedisServer
 
 from .ceiling import PIPELINE, CeilingResult, from_runs, run_once
 from .client_layers import (

@@ -18,8 +18,8 @@ from pathlib import Path
 from cachebus.control import read_control_state
 from cachebus.keys import KeyScheme
 from cachebus.settings import Settings
+from devtools.stack import LocalStack, document_event
 from worker.replay import ReplayOptions, replay
-from worker.stack import LocalStack, document_event
 
 HERE = Path(__file__).resolve().parent
 

@@ -638,7 +638,7 @@ NOTES = """\
   The lesson also throws away every cached search result on every event (hit rate 0
   after each document change); ours retires only the entries that hold the document
   (or, for a bump, the collection's).
-- **3. Worker**: `worker.stack.LocalStack` (redis-server, one Kafka broker, one `cachebus
+- **3. Worker**: `devtools.stack.LocalStack` (redis-server, one Kafka broker, one `cachebus
   worker` process with the worker's default settings, 6 partitions; then a second worker
   in the group for a second flood, and one worker with another batch window at the first
   load, for comparison); load from an aiokafka producer in this process (acks=all,

@@ -11,9 +11,9 @@ Sections (each a table in the report, every figure a ratio to a baseline of the 
    when the ``bench-models`` extra is not installed);
 5. ``cache_aside``: a Zipf query stream through ``CachedEmbeddingService``.
 
-Starts its own servers (:class:`cachebus.testing.RedisServer`, never
+Starts its own servers (:class:`devtools.redis_servers.RedisServer`, never
 ``$CACHEBUS_TEST_REDIS_URL``: the benchmark runs FLUSHALL; Kafka through
-:class:`worker.stack.LocalStack`).  Writes ``bench/report.md``, ``bench/report.json`` and
+:class:`devtools.stack.LocalStack`).  Writes ``bench/report.md``, ``bench/report.json`` and
 ``bench/report.png``.  ``--quick`` is a CI smoke of about a minute with too few repetitions
 to trust; it writes ``bench/out/report-quick.*`` so it never overwrites a real report.
 
@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from cachebus.testing import RedisServer
+from devtools.redis_servers import RedisServer
 
 from . import cache_aside, durability, fidelity, invalidation, layers, worker_e2e
 from . import plot as plotting

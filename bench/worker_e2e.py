@@ -1,6 +1,6 @@
 """The invalidation worker end to end: local Kafka, local Redis, one worker process.
 
-:class:`worker.stack.LocalStack` starts a real redis-server, a real single-node Kafka broker
+:class:`devtools.stack.LocalStack` starts a real redis-server, a real single-node Kafka broker
 and a ``cachebus worker`` subprocess on loopback.  This module publishes valid ``updated``
 document events with an aiokafka producer and reads the worker's audit events back:
 
@@ -538,7 +538,7 @@ async def _again(bench: WorkerBench, rate: float | None, count: int, name: str) 
 
 
 def run(cfg: WorkerConfig, progress: Progress) -> dict[str, Any]:
-    from worker.stack import LocalStack
+    from devtools.stack import LocalStack
 
     base = Settings(prefix="bench", topic_partitions=cfg.partitions)
     batch_max = cfg.batch_max if cfg.batch_max is not None else base.batch_max

@@ -1,11 +1,12 @@
-"""One entry point: all four layers and the invalidator on one client."""
+"""One entry point: every registered layer (:mod:`cachebus.registry`) and the
+invalidator on one client."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
@@ -19,6 +20,7 @@ from .invalidation import AsyncInvalidator, Invalidator
 from .layer import AsyncShell, SyncShell
 from .metrics import LayerMetrics
 from .query_embeddings import AsyncQueryEmbeddingCache, QueryEmbeddingCache
+from .registry import LAYERS
 from .rerank_scores import AsyncRerankScoreCache, RerankScoreCache
 from .runner import AnyClient, AsyncClient, SyncClient, check_client
 from .search_results import AsyncSearchResultsCache, SearchResultsCache
@@ -27,6 +29,9 @@ from .settings import Settings
 from .timeouts import bound_client
 
 log = logging.getLogger("cachebus")
+
+S = TypeVar("S", bound=SyncShell[Any])
+A = TypeVar("A", bound=AsyncShell[Any])
 
 
 def _bound(client: AnyClient, settings: Settings) -> None:
@@ -70,7 +75,25 @@ def used_memory(nodes: list[dict[str, Any]]) -> int:
     return sum(int(node["used_memory"]) for node in nodes)
 
 
-def _stats(layers: dict[str, list[LayerMetrics]], used_memory: int | None) -> dict[str, Any]:
+def _build(
+    shell: type[Any], which: Literal["sync_shell", "async_shell"], *args: Any, **options: Any
+) -> Any:
+    """Build a shell of a layer of the registry (:mod:`cachebus.registry`): a bus
+    builds no other."""
+    if not any(spec.resolve(which) is shell for spec in LAYERS):
+        kind = which.replace("_", " ")
+        raise TypeError(f"{shell.__name__} is not the {kind} of a registered layer")
+    factory: Callable[..., Any] = shell
+    return factory(*args, **options)
+
+
+def _stats(
+    shells: Iterable[SyncShell[Any] | AsyncShell[Any]], used_memory: int | None
+) -> dict[str, Any]:
+    """Counters of every registered layer (in registry order), summed over its caches."""
+    layers: dict[str, list[LayerMetrics]] = {spec.name: [] for spec in LAYERS}
+    for shell in shells:
+        layers.setdefault(shell.core.layer_name, []).append(shell.metrics)
     out: dict[str, Any] = {"layers": {}, "redis_used_memory": used_memory}
     for name, metrics in layers.items():
         total = LayerMetrics()
@@ -103,10 +126,7 @@ class CacheBus:
         self.owns_client = owns_client
         """Whether :meth:`close` closes the client (true for :meth:`from_settings`)."""
         self.invalidator = Invalidator(client, settings=self.settings)
-        self._qe: dict[tuple[str, str], QueryEmbeddingCache] = {}
-        self._de: dict[tuple[str, str], DocumentEmbeddingCache] = {}
-        self._sr: dict[str, SearchResultsCache] = {}
-        self._rr: dict[str, RerankScoreCache] = {}
+        self._shells: dict[tuple[Any, ...], SyncShell[Any]] = {}
         self.closed = False
 
     @classmethod
@@ -119,8 +139,24 @@ class CacheBus:
         settings = settings or Settings.from_env()
         return cls(connect(settings), settings, owns_client=True)
 
+    def layer(self, shell: type[S], *args: str, **options: Any) -> S:
+        """The cache of a registered layer (:mod:`cachebus.registry`) on this bus's
+        client and settings, built on first use and kept: ``shell`` is the layer's
+        sync shell class, ``args`` its identifying arguments (a model, a collection,
+        ...), ``options`` keyword arguments used when it is built (e.g. ``codec``)::
+
+            answers = bus.layer(AnswerCache, "handbook", "gpt-4o", "v3")
+        """
+        key = (shell, *args)
+        if key not in self._shells:
+            self._shells[key] = _build(
+                shell, "sync_shell", self.client, *args, settings=self.settings, **options
+            )
+        found: S = self._shells[key]  # type: ignore[assignment]
+        return found
+
     def _layers(self) -> list[SyncShell[Any]]:
-        return [*self._qe.values(), *self._de.values(), *self._sr.values(), *self._rr.values()]
+        return list(self._shells.values())
 
     def flush(self) -> int:
         """Publish every layer's metrics counters to Redis now, for ``cachebus stats``
@@ -193,12 +229,7 @@ class CacheBus:
     def query_embeddings(
         self, model: str, model_version: str = "1", *, codec: VectorCodec | None = None
     ) -> QueryEmbeddingCache:
-        key = (model, model_version)
-        if key not in self._qe:
-            self._qe[key] = QueryEmbeddingCache(
-                self.client, model, model_version, settings=self.settings, codec=codec
-            )
-        return self._qe[key]
+        return self.layer(QueryEmbeddingCache, model, model_version, codec=codec)
 
     def embedding_service(
         self, embedder: Embedder, *, codec: VectorCodec | None = None
@@ -211,24 +242,13 @@ class CacheBus:
     def document_embeddings(
         self, model: str, model_version: str = "1", *, codec: VectorCodec | None = None
     ) -> DocumentEmbeddingCache:
-        key = (model, model_version)
-        if key not in self._de:
-            self._de[key] = DocumentEmbeddingCache(
-                self.client, model, model_version, settings=self.settings, codec=codec
-            )
-        return self._de[key]
+        return self.layer(DocumentEmbeddingCache, model, model_version, codec=codec)
 
     def search_results(self, collection: str) -> SearchResultsCache:
-        if collection not in self._sr:
-            self._sr[collection] = SearchResultsCache(
-                self.client, collection, settings=self.settings
-            )
-        return self._sr[collection]
+        return self.layer(SearchResultsCache, collection)
 
     def rerank_scores(self, model: str) -> RerankScoreCache:
-        if model not in self._rr:
-            self._rr[model] = RerankScoreCache(self.client, model, settings=self.settings)
-        return self._rr[model]
+        return self.layer(RerankScoreCache, model)
 
     def stats(self) -> dict[str, Any]:
         """Hit rate and counters per layer (this process) and Redis memory used."""
@@ -236,15 +256,7 @@ class CacheBus:
             used: int | None = used_memory(info_per_node(self.client, "memory"))
         except (RedisError, RedisClusterException):
             used = None
-        return _stats(
-            {
-                "query_embeddings": [c.metrics for c in self._qe.values()],
-                "document_embeddings": [c.metrics for c in self._de.values()],
-                "search_results": [c.metrics for c in self._sr.values()],
-                "rerank_scores": [c.metrics for c in self._rr.values()],
-            },
-            used,
-        )
+        return _stats(self._layers(), used)
 
 
 class AsyncCacheBus:
@@ -262,10 +274,7 @@ class AsyncCacheBus:
         self.client = client
         self.owns_client = owns_client
         self.invalidator = AsyncInvalidator(client, settings=self.settings)
-        self._qe: dict[tuple[str, str], AsyncQueryEmbeddingCache] = {}
-        self._de: dict[tuple[str, str], AsyncDocumentEmbeddingCache] = {}
-        self._sr: dict[str, AsyncSearchResultsCache] = {}
-        self._rr: dict[str, AsyncRerankScoreCache] = {}
+        self._shells: dict[tuple[Any, ...], AsyncShell[Any]] = {}
         self.closed = False
 
     @classmethod
@@ -277,8 +286,18 @@ class AsyncCacheBus:
         settings = settings or Settings.from_env()
         return cls(await connect_async(settings), settings, owns_client=True)
 
+    def layer(self, shell: type[A], *args: str, **options: Any) -> A:
+        """The asyncio :meth:`CacheBus.layer` (``shell`` is the layer's async shell)."""
+        key = (shell, *args)
+        if key not in self._shells:
+            self._shells[key] = _build(
+                shell, "async_shell", self.client, *args, settings=self.settings, **options
+            )
+        found: A = self._shells[key]  # type: ignore[assignment]
+        return found
+
     def _layers(self) -> list[AsyncShell[Any]]:
-        return [*self._qe.values(), *self._de.values(), *self._sr.values(), *self._rr.values()]
+        return list(self._shells.values())
 
     async def flush(self) -> int:
         """See :meth:`CacheBus.flush`."""
@@ -353,12 +372,7 @@ class AsyncCacheBus:
     def query_embeddings(
         self, model: str, model_version: str = "1", *, codec: VectorCodec | None = None
     ) -> AsyncQueryEmbeddingCache:
-        key = (model, model_version)
-        if key not in self._qe:
-            self._qe[key] = AsyncQueryEmbeddingCache(
-                self.client, model, model_version, settings=self.settings, codec=codec
-            )
-        return self._qe[key]
+        return self.layer(AsyncQueryEmbeddingCache, model, model_version, codec=codec)
 
     def embedding_service(
         self, embedder: AsyncEmbedder | Embedder, *, codec: VectorCodec | None = None
@@ -370,36 +384,17 @@ class AsyncCacheBus:
     def document_embeddings(
         self, model: str, model_version: str = "1", *, codec: VectorCodec | None = None
     ) -> AsyncDocumentEmbeddingCache:
-        key = (model, model_version)
-        if key not in self._de:
-            self._de[key] = AsyncDocumentEmbeddingCache(
-                self.client, model, model_version, settings=self.settings, codec=codec
-            )
-        return self._de[key]
+        return self.layer(AsyncDocumentEmbeddingCache, model, model_version, codec=codec)
 
     def search_results(self, collection: str) -> AsyncSearchResultsCache:
-        if collection not in self._sr:
-            self._sr[collection] = AsyncSearchResultsCache(
-                self.client, collection, settings=self.settings
-            )
-        return self._sr[collection]
+        return self.layer(AsyncSearchResultsCache, collection)
 
     def rerank_scores(self, model: str) -> AsyncRerankScoreCache:
-        if model not in self._rr:
-            self._rr[model] = AsyncRerankScoreCache(self.client, model, settings=self.settings)
-        return self._rr[model]
+        return self.layer(AsyncRerankScoreCache, model)
 
     async def stats(self) -> dict[str, Any]:
         try:
             used: int | None = used_memory(await ainfo_per_node(self.client, "memory"))
         except (RedisError, RedisClusterException):
             used = None
-        return _stats(
-            {
-                "query_embeddings": [c.metrics for c in self._qe.values()],
-                "document_embeddings": [c.metrics for c in self._de.values()],
-                "search_results": [c.metrics for c in self._sr.values()],
-                "rerank_scores": [c.metrics for c in self._rr.values()],
-            },
-            used,
-        )
+        return _stats(self._layers(), used)

@@ -59,7 +59,7 @@ class ChangeReport:
 
 
 def change_event(
-    event_type: EventType,
+    event_type: EventType | str,
     doc_id: str,
     collection: str,
     *,
@@ -69,6 +69,7 @@ def change_event(
 ) -> DocumentEvent:
     """A library call as the document event the worker would plan it from.
     Raises ValueError for arguments the event schema refuses."""
+    kind = EventType(event_type)  # ValueError for a name that is not a type
     for name, value in (("doc_id", doc_id), ("collection", collection)):
         if not isinstance(value, str) or not value:
             raise ValueError(f"{name} must be a non-empty string, not {value!r}")
@@ -87,7 +88,7 @@ def change_event(
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return DocumentEvent(
         event_id=str(uuid.uuid4()),
-        event_type=event_type,
+        event_type=kind,
         doc_id=doc_id,
         collection=collection,
         doc_version=version or 0,  # 0: no version guard

@@ -1,6 +1,8 @@
-"""One error hierarchy for the library and the worker.
+"""One error hierarchy for the library and the worker, rooted at :class:`CacheBusError`.
 
-Callers decide by attribute (``retriable``), not by long lists of types.
+Callers decide by attribute (``retriable``), not by long lists of types. The library's
+errors are here; the worker's (an invalid event, a refused replay) derive from the same
+root in :mod:`worker.errors`.
 """
 
 from __future__ import annotations
@@ -45,12 +47,3 @@ class RedisFullError(CacheUnavailableError):
 
 class PermissionDeniedError(CacheBusError):
     """Redis refused a command for this user (ACL NOPERM): a deployment problem."""
-
-
-class InvalidEventError(CacheBusError):
-    """A document event failed validation; the worker dead-letters it."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail

@@ -16,6 +16,7 @@ Layout (prefix ``cb``; ``<x>`` is an encoded part, ``{...}`` a cluster hash tag)
     cb:de:{d.<doc>}                          document embeddings (hash: chunk -> vector)
     cb:sr:<collection>:g<N>:{<digest>}       search results
     cb:rr:<model>:{<digest>}                 rerank scores
+    cb:<segment>:<parts>:{<digest>}          any other layer's entries (:meth:`KeyScheme.entry`)
     cb:hwm:{d.<doc>}                         worker: document high-water mark
     cb:lease:<rest of an entry key>          herd-control lease (same slot as the entry)
 
@@ -23,6 +24,9 @@ A document's stamp, embeddings and high-water mark share the hash tag
 ``{d.<doc>}``, so one Lua script can update them atomically on a cluster;
 query embeddings and search results are spread by their content hash so a hot
 model or collection is not pinned to one slot.
+
+Each layer's key segment (``qe``, ``de``, ...) comes from the layer registry
+(:mod:`cachebus.registry`), which also reserves the control segments.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Final
 from urllib.parse import quote, unquote
 
 from .errors import ConfigError, KeyEncodingError
+from .registry import SEGMENTS, spec
 
 MAX_PART_CHARS = 1024
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -95,6 +100,10 @@ def key_digest(data: str | bytes) -> str:
 
 
 _URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+_QE: Final = SEGMENTS["query_embeddings"]
+_DE: Final = SEGMENTS["document_embeddings"]
+_SR: Final = SEGMENTS["search_results"]
+_RR: Final = SEGMENTS["rerank_scores"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +165,17 @@ class KeyScheme:
 
     # namespaces (encoded, used in generation keys) -----------------------
     @staticmethod
+    def namespace(head: str, *parts: str) -> str:
+        """A generation namespace: a layer's ``bump_namespace`` and encoded parts."""
+        return ".".join((head, *(encode_part(p) for p in parts)))
+
+    @staticmethod
     def query_namespace(model: str, model_version: str) -> str:
-        return f"qe.{encode_part(model)}.{encode_part(model_version)}"
+        return KeyScheme.namespace(_bump_head("query_embeddings"), model, model_version)
 
     @staticmethod
     def search_namespace(collection: str) -> str:
-        return f"sr.{encode_part(collection)}"
+        return KeyScheme.namespace(_bump_head("search_results"), collection)
 
     # cache entries -------------------------------------------------------
     def query_embedding(
@@ -175,19 +189,36 @@ class KeyScheme:
         """:meth:`query_embedding` of many texts (the common part built once). The
         fence epoch is part of the key: after a fence, older entries are unreachable."""
         head = (
-            f"{self.prefix}:qe:{encode_part(model)}:{encode_part(model_version)}"
+            f"{self.prefix}:{_QE}:{encode_part(model)}:{encode_part(model_version)}"
             f":g{generation}:e{encode_part(epoch)}:"
         )
-        return [f"{head}{{{key_digest(text)}}}" for text in texts]
+        # key_digest inlined: this runs once per text of every lookup (the hot path).
+        sha256, b2a, table = hashlib.sha256, binascii.b2a_base64, _URLSAFE
+        return [
+            head
+            + "{"
+            + b2a(sha256(t.encode("utf-8", "surrogatepass")).digest(), newline=False)[:43]
+            .translate(table)
+            .decode("ascii")
+            + "}"
+            for t in texts
+        ]
 
     def document_embeddings(self, doc_id: str) -> str:
-        return f"{self.prefix}:de:{{{Tag.doc(doc_id).token}}}"
+        return f"{self.prefix}:{_DE}:{{{Tag.doc(doc_id).token}}}"
 
     def search_results(self, collection: str, generation: int, digest: str) -> str:
-        return f"{self.prefix}:sr:{encode_part(collection)}:g{generation}:{{{digest}}}"
+        return f"{self.prefix}:{_SR}:{encode_part(collection)}:g{generation}:{{{digest}}}"
 
     def rerank_scores(self, model: str, digest: str) -> str:
-        return f"{self.prefix}:rr:{encode_part(model)}:{{{digest}}}"
+        return f"{self.prefix}:{_RR}:{encode_part(model)}:{{{digest}}}"
+
+    def entry(self, layer: str, parts: Iterable[str], digest: str) -> str:
+        """An entry of registered layer ``layer``: its key segment, the encoded
+        ``parts`` (model, version, ...), then the content ``digest`` (from
+        :func:`key_digest`) as the hash tag, so entries spread over the cluster."""
+        head = ":".join((self.prefix, SEGMENTS[layer], *(encode_part(p) for p in parts)))
+        return f"{head}:{{{digest}}}"
 
     def lease(self, entry_key: str) -> str:
         """The lease key shares the entry's hash tag, hence its cluster slot."""
@@ -222,3 +253,28 @@ class KeyScheme:
 
     def owns(self, key: str) -> bool:
         return key.startswith(f"{self.prefix}:")
+
+    # operational data (metrics, query log) ---------------------------------
+    def metrics(self, layer_name: str) -> str:
+        """``<prefix>:metrics:{<layer>}``: a layer's counters summed over processes."""
+        return f"{self.prefix}:metrics:{{{encode_part(layer_name)}}}"
+
+    def metrics_layers(self) -> str:
+        """``<prefix>:metrics:layers``: the set of layers that published metrics."""
+        return f"{self.prefix}:metrics:layers"
+
+    def query_log_day(self, shard: int, day: str) -> str:
+        """``<prefix>:ql:{q<shard>}:<YYYYMMDD>``: one shard of a day's query counts. All
+        days of a shard share the hash tag, so a week of it can be unioned on a cluster."""
+        return f"{self.prefix}:ql:{{q{shard}}}:{day}"
+
+    def query_log_temp(self, shard: int, token: str) -> str:
+        """``<prefix>:ql:{q<shard>}:tmp:<token>``: scratch space in the shard's slot."""
+        return f"{self.prefix}:ql:{{q{shard}}}:tmp:{token}"
+
+
+def _bump_head(layer: str) -> str:
+    head = spec(layer).bump_namespace
+    if head is None:  # pragma: no cover - a registry error
+        raise ConfigError(f"layer {layer!r} has no bump namespace")
+    return head

@@ -19,7 +19,7 @@ from dataclasses import fields
 from typing import Any
 
 from .commands import Call, Program
-from .keys import KeyScheme, encode_part
+from .keys import KeyScheme
 from .metrics import LayerMetrics
 from .runner import AsyncClient, AsyncRunner, SyncClient, SyncRunner
 
@@ -27,13 +27,13 @@ COUNTERS: tuple[str, ...] = tuple(f.name for f in fields(LayerMetrics))
 
 
 def metrics_key(keys: KeyScheme, layer_name: str) -> str:
-    """``<prefix>:metrics:{<layer>}``."""
-    return f"{keys.prefix}:metrics:{{{encode_part(layer_name)}}}"
+    """``<prefix>:metrics:{<layer>}`` (:meth:`KeyScheme.metrics`)."""
+    return keys.metrics(layer_name)
 
 
 def registry_key(keys: KeyScheme) -> str:
     """``<prefix>:metrics:layers``: the layers :func:`read` reports."""
-    return f"{keys.prefix}:metrics:layers"
+    return keys.metrics_layers()
 
 
 def _as_counts(delta: LayerMetrics | Mapping[str, int]) -> dict[str, int]:

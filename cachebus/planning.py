@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .events import EventType
 from .keys import KeyScheme, Tag, encode_part
+from .registry import collection_bumped
 from .rules import Rules
 from .tags import DocumentInvalidation
 from .tags import Mode as DocumentMode
 
-EventType = Literal["created", "updated", "deleted"]
+__all__ = ["Action", "ActionKind", "DocumentEvent", "EventType", "Plan", "plan"]
+
 ActionKind = Literal["tag", "scan", "bump", "drop_embeddings", "tombstone", "revive"]
 
 
@@ -112,9 +115,9 @@ def plan(event: DocumentEvent, rules: Rules, keys: KeyScheme) -> Plan:
             actions.append(Action("tag", f"tag:{name}"))
 
     if rule.bump_collection:
-        namespace = keys.search_namespace(event.collection)
-        bumps.append(namespace)
-        actions.append(Action("bump", f"search_results:{event.collection}"))
+        for layer in collection_bumped():  # the registry's layers bumped by collection
+            bumps.append(keys.namespace(str(layer.bump_namespace), event.collection))
+            actions.append(Action("bump", f"{layer.name}:{event.collection}"))
 
     for scan in rules.scans:
         if event.event_type in scan.events:

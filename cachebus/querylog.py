@@ -40,12 +40,13 @@ def _today() -> date:
 
 
 class QueryLogKeys:
-    """Key builder of the query log, from the key scheme's prefix only."""
+    """The query log's keys, built by the key scheme (:meth:`KeyScheme.query_log_day`,
+    :meth:`KeyScheme.query_log_temp`)."""
 
-    __slots__ = ("prefix",)
+    __slots__ = ("keys",)
 
     def __init__(self, keys: KeyScheme) -> None:
-        self.prefix = keys.prefix
+        self.keys = keys
 
     @staticmethod
     def shard(text: str) -> int:
@@ -54,11 +55,11 @@ class QueryLogKeys:
 
     def day(self, shard: int, day: date) -> str:
         """``<prefix>:ql:{q<shard>}:<YYYYMMDD>``."""
-        return f"{self.prefix}:ql:{{q{shard}}}:{day:%Y%m%d}"
+        return self.keys.query_log_day(shard, f"{day:%Y%m%d}")
 
     def temp(self, shard: int) -> str:
         """A unique scratch key in the shard's slot."""
-        return f"{self.prefix}:ql:{{q{shard}}}:tmp:{uuid.uuid4().hex}"
+        return self.keys.query_log_temp(shard, uuid.uuid4().hex)
 
 
 def _member(text: str) -> bytes:

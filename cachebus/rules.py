@@ -1,15 +1,21 @@
 """Declarative invalidation rules (TOML), with shipped defaults: what each document
 event does to the caches. The worker and the library's ``document_*`` calls read the
-same rules (``CACHEBUS_RULES_FILE`` over ``cachebus/default_rules.toml``)."""
+same rules (``CACHEBUS_RULES_FILE`` over ``cachebus/default_rules.toml``).
+
+The event types come from :class:`cachebus.events.EventType`: one ``[<type>]`` table
+per type, and nothing else names them here."""
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from .errors import ConfigError
+from .events import EVENT_TYPES, EventType, event_type, names
 from .keys import KeyScheme
 
 EmbeddingDrop = Literal["changed", "all", "none"]
@@ -18,7 +24,7 @@ _DEFAULTS = Path(__file__).resolve().parent / "default_rules.toml"
 
 @dataclass(frozen=True, slots=True)
 class EventRule:
-    """What one event type does."""
+    """What one event type does. The default (every field off) does nothing."""
 
     bump_collection: bool = False
     invalidate_doc: bool = False
@@ -31,19 +37,40 @@ class EventRule:
 @dataclass(frozen=True, slots=True)
 class ScanRule:
     events: tuple[str, ...]
+    """Event types (names are normalised to :class:`EventType` members)."""
     pattern: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "events", tuple(_known(e) for e in self.events))
+
+
+def _known(name: str) -> EventType:
+    found = event_type(name)
+    if found is None:
+        raise ValueError(f"{name!r} is not an event type ({names()})")
+    return found
 
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    created: EventRule
-    updated: EventRule
-    deleted: EventRule
+    """One :class:`EventRule` per :class:`EventType` (a type left out does nothing),
+    and the ``[[scan]]`` rules."""
+
+    by_type: Mapping[str, EventRule] = field(default_factory=dict)
+    """Keyed by :class:`EventType` (names are accepted and normalised)."""
     scans: tuple[ScanRule, ...] = ()
 
-    def for_type(self, event_type: str) -> EventRule:
-        rule: EventRule = getattr(self, event_type)
-        return rule
+    def __post_init__(self) -> None:
+        given = {_known(name): rule for name, rule in self.by_type.items()}
+        table: dict[str, EventRule] = {t: given.get(t, EventRule()) for t in EVENT_TYPES}
+        object.__setattr__(self, "by_type", MappingProxyType(table))
+
+    def for_type(self, kind: EventType | str) -> EventRule:
+        return self.by_type[_known(kind)]
+
+    def with_rule(self, kind: EventType | str, rule: EventRule) -> Rules:
+        """A copy with ``kind``'s rule replaced."""
+        return Rules({**self.by_type, _known(kind): rule}, self.scans)
 
 
 _RULE_KEYS = set(EventRule.__slots__)
@@ -74,41 +101,34 @@ def merge_tables(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
     return merged
 
 
+def _scan_rule(i: int, scan: Any) -> ScanRule:
+    where = f"rules [[scan]] #{i + 1}"
+    if not isinstance(scan, dict):
+        raise ConfigError(f"{where}: must be a table with events and pattern")
+    unknown = set(scan) - {"events", "pattern"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    events = scan.get("events")
+    pattern = scan.get("pattern")
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError(f"{where}: pattern must be a non-empty string")
+    kinds = [event_type(e) for e in events] if isinstance(events, list) else []
+    if not kinds or None in kinds:
+        raise ConfigError(f"{where}: events must list some of {names()}")
+    # Fail at load, not per event: only {doc_id} and {collection} can be filled.
+    KeyScheme("x").pattern(pattern, doc_id="x", collection="x")
+    return ScanRule(tuple(k for k in kinds if k is not None), pattern)
+
+
 def parse_rules(data: dict[str, Any]) -> Rules:
-    unknown = set(data) - {"created", "updated", "deleted", "scan"}
+    unknown = set(data) - {*EVENT_TYPES, "scan"}
     if unknown:
         raise ConfigError(f"rules: unknown tables {sorted(unknown)}")
-    scans = []
     raw_scans = data.get("scan", [])
     if not isinstance(raw_scans, list):
         raise ConfigError("rules: scan rules are written as [[scan]] tables")
-    for i, scan in enumerate(raw_scans):
-        where = f"rules [[scan]] #{i + 1}"
-        if not isinstance(scan, dict):
-            raise ConfigError(f"{where}: must be a table with events and pattern")
-        unknown = set(scan) - {"events", "pattern"}
-        if unknown:
-            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
-        events = scan.get("events")
-        pattern = scan.get("pattern")
-        if not isinstance(pattern, str) or not pattern:
-            raise ConfigError(f"{where}: pattern must be a non-empty string")
-        kinds = {"created", "updated", "deleted"}
-        if (
-            not isinstance(events, list)
-            or not events
-            or not all(isinstance(e, str) and e in kinds for e in events)
-        ):
-            raise ConfigError(f"{where}: events must list some of created, updated, deleted")
-        # Fail at load, not per event: only {doc_id} and {collection} can be filled.
-        KeyScheme("x").pattern(pattern, doc_id="x", collection="x")
-        scans.append(ScanRule(tuple(events), pattern))
-    return Rules(
-        created=_event_rule("created", data.get("created", {})),
-        updated=_event_rule("updated", data.get("updated", {})),
-        deleted=_event_rule("deleted", data.get("deleted", {})),
-        scans=tuple(scans),
-    )
+    scans = tuple(_scan_rule(i, scan) for i, scan in enumerate(raw_scans))
+    return Rules({t: _event_rule(t, data.get(t, {})) for t in EVENT_TYPES}, scans)
 
 
 def load_rules(path: str | Path | None = None) -> Rules:

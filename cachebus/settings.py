@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import ConfigError
+from .registry import default_ttl, stamped_ttl_settings, ttl_settings
 
 HOUR = 3600
 DAY = 24 * HOUR
@@ -33,10 +34,13 @@ class Settings:
     """Prefix of every key; lets one Redis host several deployments and fences ACLs."""
     codec: str = "float32"
     """Vector codec: float32, float16 or int8; append +zlib to compress."""
-    query_embedding_ttl: int = 48 * HOUR
-    document_embedding_ttl: int = 30 * DAY
-    search_results_ttl: int = 10 * 60
-    rerank_scores_ttl: int = 10 * 60
+    # Entry TTLs, one per layer of cachebus.registry.LAYERS (its ttl_setting; the
+    # default comes from the registry entry).
+    query_embedding_ttl: int = default_ttl("query_embeddings")
+    document_embedding_ttl: int = default_ttl("document_embeddings")
+    search_results_ttl: int = default_ttl("search_results")
+    rerank_scores_ttl: int = default_ttl("rerank_scores")
+    answers_ttl: int = default_ttl("answers")
     stamp_ttl: int = 31 * DAY
     """How long a tag's invalidation stamp is kept at least (stamps carry no TTL, so no
     eviction policy but ``allkeys-*`` can pick them; ``cachebus gc`` removes older ones).
@@ -122,13 +126,7 @@ class Settings:
         from .keys import validate_prefix
 
         validate_prefix(self.prefix)
-        for name in (
-            "query_embedding_ttl",
-            "document_embedding_ttl",
-            "search_results_ttl",
-            "rerank_scores_ttl",
-            "stamp_ttl",
-        ):
+        for name in (*ttl_settings(), "stamp_ttl"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")
         if self.max_ticket_age <= 0:
@@ -164,8 +162,8 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}" if colon else url
 
 
-STAMPED_TTLS = ("search_results_ttl", "rerank_scores_ttl", "document_embedding_ttl")
-"""Entry TTLs of the layers whose reads check tag stamps."""
+STAMPED_TTLS = stamped_ttl_settings()
+"""Entry TTLs of the layers whose reads check tag stamps (``tagged`` in the registry)."""
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

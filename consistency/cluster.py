@@ -11,7 +11,7 @@ on that primary answers 0, and a failover to the replica loses those writes (as 
 asynchronous failover does in production). Pausing the replica (SIGSTOP) would not
 do: the writes wait in its socket buffer and arrive when it resumes.
 
-Built from :class:`cachebus.testing.RedisServer` only (the scenarios also run against
+Built from :class:`devtools.redis_servers.RedisServer` only (the scenarios also run against
 today's library, whose test helpers have no replicated cluster).
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 import redis
 import redis.cluster
 
-from cachebus.testing import LOOPBACK, RedisServer
+from devtools.redis_servers import LOOPBACK, RedisServer
 
 __all__ = ["LossyCluster", "Shard"]
 

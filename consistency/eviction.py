@@ -397,8 +397,10 @@ UNSAFE_TTLS = {
     "search_results_ttl": 4,
     "rerank_scores_ttl": 4,
     "document_embedding_ttl": 4,
+    "answers_ttl": 4,
     "max_ticket_age": 3.0,
 }
+"""Every tagged layer's TTL (the baseline's Settings drops the fields it lacks)."""
 CLOSEST_VALID = dict(UNSAFE_TTLS, stamp_ttl=7)
 """The same entry TTLs and ticket age; ``stamp_ttl`` raised to TTL + ticket age."""
 ENTRY_TTL = 4

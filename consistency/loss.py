@@ -274,7 +274,7 @@ def _replica_of(url: str) -> Any:
     """A new redis-server replicating ``url``'s server, in sync."""
     from urllib.parse import urlsplit
 
-    from cachebus.testing import RedisServer
+    from devtools.redis_servers import RedisServer
 
     parts = urlsplit(url)
     server = RedisServer(
@@ -312,7 +312,7 @@ CRASH_MODES: dict[str, tuple[list[str], str]] = {
 def _crash_case(ctx: RunContext, *, mode: str) -> Row:
     """``mode``: ``aof`` (appendfsync everysec; the AOF is cut back to the state of its
     last fsync before the invalidations) or ``rdb`` (snapshot before the invalidations)."""
-    from cachebus.testing import RedisServer
+    from devtools.redis_servers import RedisServer
 
     size = size_of(ctx)
     oracle = Oracle()
@@ -407,7 +407,7 @@ def clockshift_library() -> Path:
 def skewed_redis_binary(offset_s: float) -> Iterator[tuple[str, Callable[[float], None]]]:
     """A redis-server wrapper whose wall clock is ``offset_s`` seconds off; the
     offset can change at run time (``set_offset(-120)``). Monotonic clocks stay true."""
-    from cachebus.testing import find_redis_server
+    from devtools.redis_servers import find_redis_server
 
     lib = clockshift_library()
     folder = Path(tempfile.mkdtemp(prefix="cb-clock-"))
@@ -439,7 +439,7 @@ def skewed_redis_binary(offset_s: float) -> Iterator[tuple[str, Callable[[float]
     title="the sequence is lost and the server clock steps back 120 s",
 )
 def sequence_lost_clock_back(ctx: RunContext) -> list[Row]:
-    from cachebus.testing import RedisServer
+    from devtools.redis_servers import RedisServer
 
     size = size_of(ctx)
     oracle = Oracle()

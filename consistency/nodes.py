@@ -23,7 +23,7 @@ def started(topology: Topology, config: Sequence[str] = ()) -> Iterator[Any]:
     """Real redis-server(s) with ``config`` lines (every node of a cluster gets them);
     yields a sync client (bytes replies) and stops everything afterwards. Never uses
     ``$CACHEBUS_TEST_REDIS_URL``: scenarios need servers they configure themselves."""
-    from cachebus.testing import RedisClusterServers, RedisServer
+    from devtools.redis_servers import RedisClusterServers, RedisServer
 
     if topology == "standalone":
         with RedisServer(use_env=False, extra_config=list(config)) as server:

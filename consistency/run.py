@@ -103,7 +103,7 @@ def run_job(
 
 def redis_server_version() -> str:
     try:
-        from cachebus.testing import find_redis_server
+        from devtools.redis_servers import find_redis_server
 
         out = subprocess.run(
             [find_redis_server(), "--version"], capture_output=True, text=True, check=True

@@ -3,7 +3,7 @@
 * :class:`TcpProxy` -- a threaded TCP proxy on a free loopback port that can
   :meth:`~TcpProxy.stall` (stop forwarding bytes both ways, keeping every connection
   open: a partitioned or hung link, not a closed one) and :meth:`~TcpProxy.resume`.
-* :class:`ReplicatedRedis` -- a primary :class:`~cachebus.testing.RedisServer` and a
+* :class:`ReplicatedRedis` -- a primary :class:`~devtools.redis_servers.RedisServer` and a
   replica that replicates *through* a :class:`TcpProxy` (``replicaof 127.0.0.1
   <proxy port>``), so a test can stall replication (``WAIT`` then times out, and the
   replica falls behind) and fail over to the lagging replica (writes are lost, as in
@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from cachebus.testing import LOOPBACK, RedisServer
+from devtools.redis_servers import LOOPBACK, RedisServer
 
 __all__ = ["ReplicatedRedis", "TcpProxy"]
 

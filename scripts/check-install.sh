@@ -78,7 +78,16 @@ run "$py" -c "import cachebus, sys; assert cachebus.__file__.startswith(sys.pref
 
 step "the wheel carries no test or demo infrastructure, no invalid schema examples"
 site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-for path in cachebus/testing.py worker/testing.py worker/stack.py worker/demo.py; do
+# Only the production packages: test and development infrastructure lives in devtools/,
+# which is not packaged (nor are tests/, bench/, soak/, consistency/).
+stray=$("$py" - <<'PY'
+from importlib.metadata import files
+allowed = ("cachebus/", "worker/", "cachebus-", "../")  # the packages, dist-info, bin/cachebus
+print("\n".join(str(f) for f in files("cachebus") or () if not str(f).startswith(allowed)))
+PY
+)
+[[ -z $stray ]] || fail "the wheel installs files outside cachebus/ and worker/: $stray"
+for path in devtools cachebus/testing.py worker/testing.py worker/stack.py worker/demo.py; do
   [[ ! -e "$site/$path" ]] || fail "$path is installed"
 done
 [[ -f "$site/cachebus/py.typed" ]] || fail "cachebus/py.typed is not installed"

@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The broker process stays this script's process (signals reach it); its KAFKA_BOOTSTRAP=
 # line is rewritten on the way out.
-exec "${PYTHON:-python3}" -u -m worker.testing kafka run "$@" \
+exec "${PYTHON:-python3}" -u -m devtools.kafka_broker kafka run "$@" \
   > >(sed -u 's/^KAFKA_BOOTSTRAP=/export CACHEBUS_KAFKA_BOOTSTRAP=/')

@@ -7,4 +7,4 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
   echo "redis-server/redis-cli missing; installing with apt-get" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
-exec "${PYTHON:-python3}" -m cachebus.testing cluster "$@"
+exec "${PYTHON:-python3}" -m devtools.redis_servers cluster "$@"

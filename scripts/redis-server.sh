@@ -4,7 +4,7 @@
 #   export CACHEBUS_REDIS_URL=redis://127.0.0.1:<port>/0
 # the variable the cachebus CLI and Settings.from_env() read: paste it into the shell that
 # runs cachebus (or `eval "$(scripts/redis-server.sh | head -1)"` from a script that keeps
-# the server running elsewhere). Extra arguments go to `python -m cachebus.testing redis`.
+# the server running elsewhere). Extra arguments go to `python -m devtools.redis_servers redis`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -13,5 +13,5 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 # The server process stays this script's process (signals reach it); its REDIS_URL= line
 # is rewritten on the way out.
-exec "${PYTHON:-python3}" -u -m cachebus.testing redis "$@" \
+exec "${PYTHON:-python3}" -u -m devtools.redis_servers redis "$@" \
   > >(sed -u 's/^REDIS_URL=/export CACHEBUS_REDIS_URL=/')

@@ -30,5 +30,5 @@ echo "setup: installing cachebus with the worker and dev extras" >&2
 $PYTHON -m pip install -q --disable-pip-version-check -e ".[worker,dev]"
 
 echo "setup: resolving Apache Kafka jars from Maven Central (cached)" >&2
-$PYTHON -m worker.testing kafka fetch
+$PYTHON -m devtools.kafka_broker kafka fetch
 echo "setup: done" >&2

@@ -32,17 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from cachebus.settings import Settings
-from cachebus.testing import RedisServer
-from soak import (
-    AuditChecker,
-    DocumentTraffic,
-    SteadyProducer,
-    check_marks,
-    collect_audits,
-    cpu_seconds,
-    rss_kb,
-)
-from worker.stack import LocalStack, WorkerProcess
+from devtools.audit_check import AuditChecker, check_marks, collect_audits
+from devtools.fault_report import cpu_seconds, rss_kb
+from devtools.redis_servers import RedisServer
+from devtools.stack import LocalStack, WorkerProcess
+from devtools.traffic import DocumentTraffic, SteadyProducer
 
 FAULTS = ("worker SIGKILL + restart", "Redis suspended 3 s", "worker SIGTERM + restart")
 

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: real, ephemeral Redis servers from :mod:`cachebus.testing`.
+"""Shared pytest fixtures: real, ephemeral Redis servers from :mod:`devtools.redis_servers`.
 
 * ``redis_server`` / ``redis_cluster`` (session): started lazily, the first time a test
   asks for them, and stopped at the end of the run.  If one cannot start the requesting
@@ -28,9 +28,9 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from cachebus.settings import Settings
-from cachebus.testing import RedisClusterServers, RedisServer
-from worker.stack import LocalStack
-from worker.testing import LocalKafka
+from devtools.kafka_broker import LocalKafka
+from devtools.redis_servers import RedisClusterServers, RedisServer
+from devtools.stack import LocalStack
 
 _STANDALONE_FIXTURES = frozenset({"redis_server", "redis_client", "async_redis_client"})
 _CLUSTER_FIXTURES = frozenset({"redis_cluster", "cluster_client", "async_cluster_client"})

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from cachebus import CacheBus, ChunkVector, SearchHit
-from worker.stack import LocalStack, by_event_id, document_event
+from devtools.stack import LocalStack, by_event_id, document_event
 
 V = np.ones(16, dtype=np.float32)
 

@@ -5,8 +5,7 @@ per-document high-water marks that make re-delivery harmless."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Final
 
 from redis.crc import key_slot
 
@@ -18,8 +17,7 @@ from cachebus.settings import Settings
 
 from .events import DocumentEvent
 from .planner import Plan
-
-Outcome = Literal["applied", "skipped_stale", "skipped_duplicate"]
+from .results import ActionResult, Applied, ApplyResult, Skipped
 
 # KEYS: high-water marks; ARGV: version, event_id per key. Raise each mark only
 # (a replayed or re-delivered older event never lowers it). One call per batch
@@ -37,17 +35,6 @@ for i = 1, #KEYS do
 end
 return raised
 """)
-
-
-@dataclass(slots=True)
-class Applied:
-    """What happened to one event."""
-
-    outcome: Outcome
-    reason: str | None = None
-    actions: list[dict[str, Any]] = field(default_factory=list)
-    keys_removed: int = 0
-    generations: dict[str, int] = field(default_factory=dict)
 
 
 def _parse_hwm(raw: bytes | None) -> tuple[int, str] | None:
@@ -89,7 +76,7 @@ class Applier:
             if self._uncommitted.get(e.doc_id) == (e.doc_version, e.event_id):
                 del self._uncommitted[e.doc_id]
 
-    async def apply(self, items: Sequence[tuple[DocumentEvent, Plan]]) -> list[Applied]:
+    async def apply(self, items: Sequence[tuple[DocumentEvent, Plan]]) -> list[ApplyResult]:
         """Apply in order (marks are raised later by :meth:`commit_marks`), then run
         the witness step once for the batch (WAIT / WAITAOF if the settings ask;
         fence if a primary lost writes).
@@ -97,7 +84,7 @@ class Applier:
         replicas in time; RedisFullError: Redis at maxmemory, the control keys were
         unlinked instead); the caller retries the whole batch (every step is
         idempotent)."""
-        results: list[Applied | None] = [None] * len(items)
+        results: list[ApplyResult | None] = [None] * len(items)
         docs = list(dict.fromkeys(ev.doc_id for ev, _ in items))
         marks: dict[str, tuple[int, str] | None] = {}
         if docs:
@@ -118,13 +105,9 @@ class Applier:
             mark = marks.get(event.doc_id)
             if mark is not None and event.doc_version <= mark[0]:
                 if event.event_id == mark[1]:
-                    results[i] = Applied("skipped_duplicate", "event already applied")
+                    results[i] = Skipped.duplicate()
                 else:
-                    results[i] = Applied(
-                        "skipped_stale",
-                        f"doc_version {event.doc_version} is not above the document's "
-                        f"high-water mark {mark[0]}",
-                    )
+                    results[i] = Skipped.below_mark(event.doc_version, mark[0])
                 continue
             marks[event.doc_id] = (event.doc_version, event.event_id)
             # Each document at most once per round, so one round's actions never conflict.
@@ -150,7 +133,7 @@ class Applier:
         self,
         items: Sequence[tuple[DocumentEvent, Plan]],
         indexes: list[int],
-        results: list[Applied | None],
+        results: list[ApplyResult | None],
     ) -> None:
         plans = [items[i][1] for i in indexes]
         # Each document's actions are guarded by its high-water mark inside the same
@@ -172,31 +155,26 @@ class Applier:
         for i in indexes:
             event, p = items[i]
             if event.doc_id in report.skipped:
-                results[i] = Applied(
-                    "skipped_stale",
-                    "another worker applied a newer version of the document meanwhile",
-                )
+                results[i] = Skipped.overtaken()
                 continue
             removed = report.embeddings_removed.get(event.doc_id, 0) if p.document else 0
+            # The planner emits one bump action per bumped namespace, in order.
+            bumped = [a.target for a in p.actions if a.kind == "bump"]
             generations = {
-                f"search_results:{event.collection}": report.generations[ns] for ns in p.bumps
+                target: report.generations[ns] for target, ns in zip(bumped, p.bumps, strict=True)
             }
             actions = []
             for action in p.actions:
-                out = action.as_json()
-                detail = dict(action.detail)
                 if action.kind == "drop_embeddings":
-                    detail["removed"] = removed
+                    actions.append(ActionResult(action, embeddings_removed=removed))
                 elif action.kind == "bump":
-                    detail["generation"] = report.generations[p.bumps[0]]
+                    actions.append(ActionResult(action, generation=generations[action.target]))
                 elif action.kind == "scan":
-                    detail["keys_removed"] = scanned[action.target]
-                if detail:
-                    out["detail"] = detail
-                actions.append(out)
+                    actions.append(ActionResult(action, keys_removed=scanned[action.target]))
+                else:
+                    actions.append(ActionResult(action))
             results[i] = Applied(
-                "applied",
-                actions=actions,
+                tuple(actions),
                 keys_removed=removed + sum(scanned[s] for s in p.scans),
                 generations=generations,
             )

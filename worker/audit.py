@@ -1,5 +1,7 @@
 """Audit events and dead-letter envelopes (``schemas/audit-event`` and
-``schemas/dead-letter``), as plain JSON bytes: no faust metadata."""
+``schemas/dead-letter``), as plain JSON bytes: no faust metadata. An audit event is an
+:class:`~worker.audit_event.AuditEvent` built here from the record and what happened
+to it (a :mod:`worker.results` fact)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from typing import Any
 
 import orjson
 
-from .applier import Applied
+from .audit_event import AuditEvent, Source
 from .events import DocumentEvent, peek_fields
+from .results import Result
 
 MAX_DLQ_ORIGINAL = 256 * 1024
 
@@ -29,13 +32,8 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
 
-    def source(self) -> dict[str, Any]:
-        return {
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": self.offset,
-            "timestamp_ms": self.timestamp_ms,
-        }
+    def source(self) -> Source:
+        return Source(self.topic, self.partition, self.offset, self.timestamp_ms)
 
 
 def now_rfc3339() -> str:
@@ -70,52 +68,46 @@ def _epoch_ms(rfc3339: str) -> float | None:
         return None
 
 
-def audit_key(audit: dict[str, Any]) -> bytes | None:
-    """The Kafka key of an audit event: its ``doc_id`` (UTF-8), or none when the input
-    could not be read (``schemas/README.md``)."""
-    doc_id = audit.get("doc_id")
-    if not isinstance(doc_id, str):
-        return None
-    return doc_id.encode("utf-8", "surrogatepass")
-
-
 def audit_event(
     record: SourceRecord,
+    result: Result,
     *,
     worker_id: str,
     replay: bool,
     event: DocumentEvent | None = None,
-    applied: Applied | None = None,
-    dead_letter_reason: str | None = None,
     processed_at: str | None = None,
-) -> dict[str, Any]:
-    """One audit event per input event (``processed_at``: the batch's time, now
-    when not given)."""
-    found: dict[str, str | None]
+) -> AuditEvent:
+    """The audit event of one input record (``processed_at``: the batch's time, now
+    when not given). ``event``: the record's parsed event (None when it was dead-lettered
+    before it could be read: what it says about itself is peeked from its bytes)."""
     if event is not None:
-        found = {
-            "event_id": event.event_id,
-            "doc_id": event.doc_id,
-            "collection": event.collection,
-            "event_type": event.event_type,
-        }
-    else:
-        found = _peek_all(record.value)
-    return {
-        "audit_version": 1,
-        **found,
-        "doc_version": event.doc_version if event else None,
-        "outcome": applied.outcome if applied else "dead_lettered",
-        "reason": applied.reason if applied else dead_letter_reason,
-        "actions": applied.actions if applied else [],
-        "keys_removed": applied.keys_removed if applied else 0,
-        "generations_bumped": applied.generations if applied else {},
-        "source": record.source(),
-        "lag_ms": _lag_ms(record, event),
-        "processed_at": processed_at or now_rfc3339(),
-        "worker_id": worker_id,
-        "replay": replay,
-    }
+        return AuditEvent(
+            event_id=event.event_id,
+            doc_id=event.doc_id,
+            collection=event.collection,
+            event_type=event.event_type.value,
+            doc_version=event.doc_version,
+            result=result,
+            source=record.source(),
+            lag_ms=_lag_ms(record, event),
+            processed_at=processed_at or now_rfc3339(),
+            worker_id=worker_id,
+            replay=replay,
+        )
+    found = _peek_all(record.value)
+    return AuditEvent(
+        event_id=found["event_id"],
+        doc_id=found["doc_id"],
+        collection=found["collection"],
+        event_type=found["event_type"],
+        doc_version=None,
+        result=result,
+        source=record.source(),
+        lag_ms=_lag_ms(record, None),
+        processed_at=processed_at or now_rfc3339(),
+        worker_id=worker_id,
+        replay=replay,
+    )
 
 
 def _peek_all(value: bytes | None) -> dict[str, str | None]:
@@ -144,7 +136,7 @@ def dead_letter(
         ),
         "original_size": len(value),
         "original_truncated": truncated,
-        "source": record.source(),
+        "source": record.source().to_json(),
         "event_id": None if truncated else peek_fields(kept, ("event_id",)).get("event_id"),
         "dead_lettered_at": now_rfc3339(),
         "worker_id": worker_id,

@@ -31,6 +31,8 @@ from typing import Any, Protocol, TextIO, TypeVar
 from cachebus.errors import ConfigError
 from cachebus.settings import Settings
 
+from .audit_event import render_audit
+
 T = TypeVar("T")
 METADATA_ATTEMPTS = 5
 """Metadata requests before giving up (0.2 s doubling between them: about 3 s)."""
@@ -102,31 +104,8 @@ def last_n(per_partition: Iterable[Sequence[R]], n: int) -> list[R]:
     return sorted(latest, key=time_key)
 
 
-def format_audit(audit: dict[str, Any]) -> str:
-    """One human line per audit event."""
-    actions = ", ".join(
-        f"{a['kind']} {a['target']}" + (f" {a['detail']}" if a.get("detail") else "")
-        for a in audit.get("actions", [])
-    )
-    event = f"{audit.get('event_type') or '?'} {audit.get('doc_id') or '?'}"
-    if audit.get("doc_version") is not None:
-        event += f" v{audit['doc_version']}"
-    src = audit.get("source", {})
-    lag = audit.get("lag_ms")
-    line = (
-        f"{audit.get('processed_at', '')}  p{src.get('partition')}@{src.get('offset')}  "
-        f"{audit.get('outcome', ''):<17} {event:<32} "
-        f"removed={audit.get('keys_removed', 0)}"
-    )
-    if lag is not None:
-        line += f" lag={lag:.0f}ms"
-    if audit.get("replay"):
-        line += " [replay]"
-    if actions:
-        line += f"  | {actions}"
-    if audit.get("reason") and audit.get("outcome") != "applied":
-        line += f"  | {audit['reason']}"
-    return line
+format_audit = render_audit
+"""One human line per audit event (:meth:`worker.audit_event.AuditEvent.render`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,25 +16,29 @@ Only the base dependencies (redis, numpy) are imported at start: ``--help``,
 ``--version``, ``stats``, ``verify``, ``warm``, ``acl`` and ``gc`` work without the
 worker extra; ``worker``, ``publish``, ``audit tail`` and ``replay`` say which extra to
 install.
+
+Every subcommand is a module with ``register(subparsers, add_common)``, listed in
+:data:`worker.commands.COMMAND_MODULES` (the convention is stated there); this module
+parses, checks the configuration and turns errors into one line.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import importlib.util
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterable, Sequence
-from typing import Any, Final, TextIO
+from collections.abc import Sequence
+from typing import Any, Final
 
-from cachebus.errors import CacheBusError, ConfigError, InvalidEventError
+from cachebus.errors import CacheBusError, ConfigError
 from cachebus.settings import Settings, check_kafka_files, redact_url
 
 from .audit_tail import format_audit as format_audit
+from .commands import COMMAND_MODULES as COMMAND_MODULES
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -205,104 +209,7 @@ def _configure_logging(debug: bool) -> None:
         root.setLevel(logging.CRITICAL)
 
 
-# -- publish -----------------------------------------------------------------
-
-
-def _lines(stream: TextIO) -> Iterable[tuple[int, str]]:
-    for number, line in enumerate(stream, 1):
-        if line.strip():
-            yield number, line.strip()
-
-
-async def ensure_events_topic(settings: Settings, *, err: TextIO = sys.stderr) -> bool:
-    """Create the events topic with ``CACHEBUS_TOPIC_PARTITIONS`` partitions if it does
-    not exist (as the worker does), rather than let the broker auto-create it with its
-    default (often 1). Returns whether it was created."""
-    from .audit_tail import topic_partitions
-    from .kafka import acreate_topics, client_config, events_topic_configs
-
-    topic = settings.events_topic
-    if await topic_partitions(settings, topic) is not None:
-        return False
-    try:
-        await acreate_topics(
-            settings.kafka_bootstrap,
-            {topic: settings.topic_partitions},
-            configs={topic: events_topic_configs(settings)},
-            **client_config(settings),
-        )
-    except (RuntimeError, TimeoutError) as exc:
-        raise ConfigError(
-            f"topic {topic!r} does not exist and could not be created ({exc}); start "
-            f"`cachebus worker` once (it creates its topics) or create it with "
-            f"CACHEBUS_TOPIC_PARTITIONS={settings.topic_partitions} partitions"
-        ) from exc
-    print(
-        f"cachebus publish: created topic {topic} with {settings.topic_partitions} "
-        "partitions (CACHEBUS_TOPIC_PARTITIONS)",
-        file=err,
-    )
-    return True
-
-
-async def publish(settings: Settings, stream: TextIO, *, validate: bool, out: TextIO) -> int:
-    """Validate and publish JSONL document events (key = doc_id). Returns the
-    number of lines refused. Creates a missing events topic first."""
-    from aiokafka import AIOKafkaProducer
-
-    from .events import parse_event
-    from .kafka import OVERSIZE_HEADROOM, client_config
-
-    await ensure_events_topic(settings)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        # Above max_event_bytes: an oversize event reaches the topic (created with a
-        # matching max.message.bytes) and the worker dead-letters it as `oversize`.
-        max_request_size=settings.max_event_bytes + OVERSIZE_HEADROOM,
-        **client_config(settings),
-    )
-    sent = refused = 0
-    try:
-        await producer.start()
-        futures = []
-        for number, line in _lines(stream):
-            raw = line.encode("utf-8")
-            try:
-                event = parse_event(raw, max_bytes=settings.max_event_bytes)
-                key = event.doc_id.encode("utf-8")
-            except InvalidEventError as exc:
-                if validate:
-                    refused += 1
-                    print(f"line {number}: refused ({exc.reason}): {exc.detail}", file=sys.stderr)
-                    continue
-                key = None
-            futures.append(await producer.send(settings.events_topic, raw, key=key))
-            sent += 1
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    print(f"published {sent} events to {settings.events_topic}; refused {refused}", file=out)
-    return refused
-
-
 # -- main --------------------------------------------------------------------
-
-
-# Each module has ``register(subparsers, add_common)`` which adds its subcommand
-# and sets ``run(settings, args) -> exit code`` as the parser default. Importing
-# them needs the base dependencies only (the worker extra is imported when run).
-COMMAND_MODULES: tuple[str, ...] = (
-    "worker.audit_tail",
-    "worker.replay",
-    "worker.stats",
-    "worker.warm",
-    "worker.acl_cli",
-    "worker.gc_cli",
-    "worker.verify",
-)
 
 
 def _version() -> str:
@@ -332,43 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("worker", help="run the invalidation worker (faust; worker extra)")
-    _add_common(p)
-    p.add_argument("--rules", dest="rules_file", help="TOML rules file (default: shipped rules)")
-    p.add_argument("--group", dest="consumer_group", help="consumer group id")
-
-    p = sub.add_parser(
-        "publish", help="validate and publish JSONL document events (worker extra)"
-    )
-    _add_common(p)
-    p.add_argument("file", nargs="?", default="-", help="JSONL file (default: stdin)")
-    p.add_argument(
-        "--no-validate",
-        action="store_true",
-        help="publish lines even if they fail validation (tests of the DLQ)",
-    )
-
-    # Commands that live in their own modules register themselves here.
+    # One convention for every command (see worker.commands).
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub, _add_common)
     return parser
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    if args.command == "worker":
-        from .app import run
-
-        # faust parses sys.argv itself; give it only the program name.
-        sys.argv = sys.argv[:1]
-        run(settings)
-        return EXIT_OK
-    if args.command == "publish":
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
-        with stream:
-            refused = asyncio.run(
-                publish(settings, stream, validate=not args.no_validate, out=sys.stdout)
-            )
-        return EXIT_FAILED if refused else EXIT_OK
     code: int = args.run(settings, args)
     return code
 

@@ -20,9 +20,10 @@ from cachebus.invalidation import AsyncInvalidator
 from cachebus.runner import AsyncClient
 from cachebus.settings import Settings
 
-from .applier import Applied, Applier
+from .applier import Applier
 from .events import DocumentEvent
 from .planner import Plan
+from .results import Applied, ApplyResult
 
 
 class _ReadOnlyInvalidator(AsyncInvalidator):
@@ -52,11 +53,10 @@ class DryRunApplier(Applier):
         self,
         items: Sequence[tuple[DocumentEvent, Plan]],
         indexes: list[int],
-        results: list[Applied | None],
+        results: list[ApplyResult | None],
     ) -> None:
         for i in indexes:
-            plan = items[i][1]
-            results[i] = Applied("applied", actions=[a.as_json() for a in plan.actions])
+            results[i] = Applied.planned(items[i][1].actions)
 
     async def commit_marks(self, events: Sequence[DocumentEvent]) -> None:
         """Nothing is written: the marks stay pending in memory, where :meth:`apply`

@@ -7,9 +7,10 @@ from typing import Any
 
 import orjson
 
-from cachebus.errors import InvalidEventError
-from cachebus.planning import DocumentEvent, EventType
+from cachebus.events import EventType, event_type
+from cachebus.planning import DocumentEvent
 
+from .errors import InvalidEventError
 from .schemas import validator
 
 __all__ = ["DocumentEvent", "EventType", "parse_event", "peek_field", "peek_fields"]
@@ -79,9 +80,12 @@ def parse_event(value: bytes | None, *, max_bytes: int) -> DocumentEvent:
             f"schema_version {version} is newer than this worker supports "
             f"({SUPPORTED_SCHEMA_VERSION})",
         )
-    kind = data.get("event_type")
-    if isinstance(kind, str) and kind not in ("created", "updated", "deleted"):
-        raise InvalidEventError("unknown_event_type", f"event_type {kind[:64]!r} is not known")
+    raw_kind = data.get("event_type")
+    kind = event_type(raw_kind)
+    if isinstance(raw_kind, str) and kind is None:
+        raise InvalidEventError(
+            "unknown_event_type", f"event_type {raw_kind[:64]!r} is not known"
+        )
     check = validator("document-event")
     if not check.is_valid(data):
         error = next(iter(check.iter_errors(data)))
@@ -90,7 +94,7 @@ def parse_event(value: bytes | None, *, max_bytes: int) -> DocumentEvent:
     chunks = data.get("chunks")
     return DocumentEvent(
         event_id=data["event_id"],
-        event_type=kind,  # type: ignore[arg-type]
+        event_type=kind,  # type: ignore[arg-type]  # the schema checked it is one
         doc_id=data["doc_id"],
         collection=data["collection"],
         doc_version=int(data["doc_version"]),  # JSON Schema counts 1.0 as an integer

@@ -16,7 +16,6 @@ from cachebus.errors import (
     CacheBusError,
     CacheUnavailableError,
     DurabilityError,
-    InvalidEventError,
     PermissionDeniedError,
     RedisFullError,
 )
@@ -24,10 +23,13 @@ from cachebus.keys import KeyScheme
 from cachebus.settings import Settings
 
 from . import metrics
-from .applier import Applied, Applier
-from .audit import SourceRecord, audit_event, audit_key, dead_letter, now_rfc3339, to_bytes
+from .applier import Applier
+from .audit import SourceRecord, audit_event, dead_letter, now_rfc3339, to_bytes
+from .audit_event import AuditEvent
+from .errors import InvalidEventError
 from .events import DocumentEvent, parse_event
 from .planner import Plan, plan
+from .results import Applied, ApplyResult, DeadLettered
 from .rules import Rules
 from .web import HealthState
 
@@ -49,8 +51,10 @@ class Outbound:
     outcomes: dict[str, int] = field(default_factory=dict)
     applied: list[DocumentEvent] = field(default_factory=list)
     """Events whose high-water marks :meth:`Processor.commit` raises."""
+    audit_events: list[AuditEvent] = field(default_factory=list)
+    """The audit events, in record order (for reports)."""
     audit_docs: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
-    """The audit events before encoding (for reports)."""
+    """The audit events as encoded (key, JSON), for readers of the wire form."""
 
 
 def check_key(key: bytes | None, event: DocumentEvent) -> None:
@@ -138,7 +142,7 @@ class Processor:
     async def process(self, records: Sequence[SourceRecord]) -> Outbound:
         out = Outbound()
         good: list[tuple[int, DocumentEvent, Plan]] = []
-        audits: list[dict[str, Any] | None] = [None] * len(records)
+        audits: list[AuditEvent | None] = [None] * len(records)
         for i, record in enumerate(records):
             try:
                 event = parse_event(record.value, max_bytes=self.settings.max_event_bytes)
@@ -155,10 +159,10 @@ class Processor:
             record = records[i]
             audits[i] = audit_event(
                 record,
+                result,
                 worker_id=self.worker_id,
                 replay=self.replay,
                 event=event,
-                applied=result,
                 processed_at=now,
             )
             out.outcomes[result.outcome] = out.outcomes.get(result.outcome, 0) + 1
@@ -175,15 +179,17 @@ class Processor:
                 )
         for audit in audits:
             if audit is not None:
-                key = audit_key(audit)
-                out.audits.append((key, to_bytes(audit)))
-                out.audit_docs.append((key, audit))
+                key = audit.key()
+                doc = audit.to_json()
+                out.audits.append((key, to_bytes(doc)))
+                out.audit_docs.append((key, doc))
+                out.audit_events.append(audit)
         return out
 
     def _dead_letter(
         self,
         out: Outbound,
-        audits: list[dict[str, Any] | None],
+        audits: list[AuditEvent | None],
         i: int,
         record: SourceRecord,
         reason: str,
@@ -200,10 +206,7 @@ class Processor:
             (record.key, to_bytes(dead_letter(record, reason, detail, worker_id=self.worker_id)))
         )
         audits[i] = audit_event(
-            record,
-            worker_id=self.worker_id,
-            replay=self.replay,
-            dead_letter_reason=f"{reason}: {detail[:300]}",
+            record, DeadLettered(reason, detail), worker_id=self.worker_id, replay=self.replay
         )
         out.outcomes["dead_lettered"] = out.outcomes.get("dead_lettered", 0) + 1
 
@@ -214,12 +217,12 @@ class Processor:
         if out.applied and applier is not None and not self.dry_run:
             await self._retrying(lambda: applier.commit_marks(out.applied), len(out.applied))
 
-    async def _apply(self, items: list[tuple[DocumentEvent, Plan]]) -> list[Applied]:
+    async def _apply(self, items: list[tuple[DocumentEvent, Plan]]) -> list[ApplyResult]:
         if not items:
             return []
         applier = self.applier
         if self.dry_run or applier is None:
-            return [Applied("applied", actions=[a.as_json() for a in p.actions]) for _, p in items]
+            return [Applied.planned(p.actions) for _, p in items]
         started = time.perf_counter()
         result = await self._retrying(lambda: applier.apply(items), len(items))
         metrics.APPLY_SECONDS.observe(time.perf_counter() - started)

@@ -23,18 +23,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from cachebus.connection import connect_async
-from cachebus.errors import CacheBusError, ConfigError
+from cachebus.errors import ConfigError
 from cachebus.settings import Settings
 
+from .errors import ReplayRefused as ReplayRefused
 from .kafka import client_config
 from .rules import load_rules
 
 if TYPE_CHECKING:
     from .applier import Applier
-
-
-class ReplayRefused(CacheBusError):
-    """The consumer group has live members: replaying into it would race them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,8 +225,8 @@ async def replay(
                     await consumer.commit()
                 report.events += len(records)
                 report.outcomes.update(outcome.outcomes)
-                for _, audit in outcome.audit_docs:
-                    report.actions.update(a["kind"] for a in audit["actions"])
+                for audit in outcome.audit_events:
+                    report.actions.update(a.kind for a in audit.actions)
                 bar.update(len(records))
                 if on_batch is not None:
                     on_batch(report.events)

@@ -23,7 +23,7 @@ from typing import Any, Final, TextIO
 
 from redis.exceptions import RedisError
 
-from cachebus import metrics_store
+from cachebus import metrics_store, registry
 from cachebus.bus import info_per_node, used_memory
 from cachebus.connection import connect
 from cachebus.keys import KeyScheme
@@ -32,13 +32,9 @@ from cachebus.settings import Settings
 
 from .verify import DEFAULT_WINDOW, parse_window, read_consistency
 
-LAYERS: tuple[tuple[str, str], ...] = (
-    ("qe", "query_embeddings"),
-    ("de", "document_embeddings"),
-    ("sr", "search_results"),
-    ("rr", "rerank_scores"),
-)
-"""(key segment, layer name as published by the library)."""
+LAYERS: tuple[tuple[str, str], ...] = tuple((s.key_segment, s.name) for s in registry.LAYERS)
+"""(key segment, layer name as published by the library), from the layer registry."""
+LABELS: dict[str, str] = {s.key_segment: s.stats_label for s in registry.LAYERS}
 SCAN_COUNT = 1000
 SAMPLE_SIZE = 500
 MEMORY_BATCH = 100
@@ -307,7 +303,7 @@ def render(report: dict[str, Any]) -> str:
         if data["memory_estimated"]:
             memory = f"~{memory} (sampled {data['memory_sampled_keys']})"
         rate = "-" if data["hit_rate"] is None else f"{data['hit_rate']:.1%}"
-        label = f"{segment} {data['layer'].replace('_', ' ')}"
+        label = f"{segment} {LABELS.get(segment, data['layer'].replace('_', ' '))}"
         lines.append(f"{label:<25} {data['keys']:>10,}  {memory:<32} {rate:>8}")
     lines.append(f"{'other keys under prefix':<25} {report['other_keys']:>10,}")
     lines.append("")

@@ -13,11 +13,11 @@ import redis.asyncio
 from cachebus.errors import PermissionDeniedError
 from cachebus.keys import KeyScheme
 from cachebus.settings import Settings
+from devtools.stack import document_event
 from worker.applier import Applier
 from worker.events import DocumentEvent, parse_event
 from worker.planner import plan
 from worker.rules import load_rules
-from worker.stack import document_event
 
 RULES = load_rules(None)
 KEYS = KeyScheme("cb")

@@ -17,7 +17,7 @@ import redis
 
 from cachebus import AsyncCacheBus, CacheBus, Settings, metrics_store
 from cachebus.ratelog import FAIL_OPEN
-from cachebus.testing import RedisServer
+from devtools.redis_servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """

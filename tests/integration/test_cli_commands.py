@@ -1,7 +1,7 @@
 """CLI commands end to end on a real Kafka broker: `audit tail` (follows until Ctrl-C /
 SIGTERM, `-n` = the last N, time order across partitions, `-m` = stop after N),
 `publish` creating a missing topic with CACHEBUS_TOPIC_PARTITIONS partitions, and
-`python -m worker.demo --help`."""
+`python -m devtools.demo --help`."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import IO
 
 from cachebus.settings import Settings
+from devtools.kafka_broker import LocalKafka
+from devtools.stack import document_event
 from worker.audit_tail import topic_partitions
 from worker.kafka import acreate_topics
-from worker.stack import document_event
-from worker.testing import LocalKafka
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,9 +221,9 @@ def test_publish_creates_a_missing_topic_with_the_configured_partitions(
 
 def test_demo_help_prints_help_and_starts_nothing() -> None:
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "worker.demo", "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "devtools.demo", "--help"], capture_output=True,
                             text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: python -m worker.demo")
+    assert result.stdout.startswith("usage: python -m devtools.demo")
     assert "starting services" not in result.stdout and result.stderr == ""
     assert time.monotonic() - started < 20

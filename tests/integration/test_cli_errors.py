@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cachebus.testing import RedisServer
+from devtools.redis_servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_KAFKA = "nosuchhost.invalid:9092"

@@ -16,8 +16,8 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from cachebus import AsyncCacheBus, CacheBus, HashingEmbedder, Settings
-from cachebus.testing import RedisClusterServers, RedisServer
 from cachebus.timeouts import bound_client
+from devtools.redis_servers import RedisClusterServers, RedisServer
 
 TIMEOUT = 1.0
 SLACK = 6.0

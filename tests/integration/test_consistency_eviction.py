@@ -15,7 +15,6 @@ import pytest
 
 from cachebus import ChunkRef, ConfigError, KeyScheme, Settings, Tag
 from cachebus.errors import RedisFullError
-from cachebus.testing import RedisServer
 from consistency.eviction import (
     CLOSEST_VALID,
     TINY,
@@ -26,6 +25,7 @@ from consistency.eviction import (
 )
 from consistency.nodes import config_set, memory
 from consistency.workload import Workload, qe_namespace
+from devtools.redis_servers import RedisServer
 
 KEYS = KeyScheme("cb")
 A, B = "doc-00000", "doc-00001"

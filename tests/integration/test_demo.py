@@ -1,4 +1,4 @@
-"""The README's first command, ``make demo`` (``python -m worker.demo``), end to end on the
+"""The README's first command, ``make demo`` (``python -m devtools.demo``), end to end on the
 session's Kafka broker (its own redis-server and worker): what it claims to show must be
 what happened."""
 
@@ -9,13 +9,13 @@ import re
 import subprocess
 import sys
 
-from worker.testing import LocalKafka
+from devtools.kafka_broker import LocalKafka
 
 
 def test_demo_shows_each_step_with_its_own_audit(kafka_broker: LocalKafka) -> None:
     env = {**os.environ, "CACHEBUS_KAFKA_BOOTSTRAP": kafka_broker.bootstrap}
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.demo"],
+        [sys.executable, "-m", "devtools.demo"],
         env=env,
         capture_output=True,
         text=True,

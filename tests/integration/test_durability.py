@@ -31,13 +31,13 @@ from cachebus.invalidation import AsyncInvalidator, Invalidator
 from cachebus.keys import KeyScheme, Tag
 from cachebus.settings import Settings
 from cachebus.tags import DocumentInvalidation
-from cachebus.testing import RedisServer
 from consistency.servers import ReplicatedRedis, TcpProxy
+from devtools.redis_servers import RedisServer
+from devtools.stack import document_event
 from worker.applier import Applier
 from worker.audit import SourceRecord
 from worker.processor import Processor
 from worker.rules import load_rules
-from worker.stack import document_event
 from worker.web import HealthState, start_web
 
 pytestmark = pytest.mark.redis

@@ -32,19 +32,12 @@ from typing import Any
 import pytest
 
 from cachebus.settings import Settings
-from cachebus.testing import RedisServer
-from soak import (
-    AuditChecker,
-    FaultRow,
-    SteadyProducer,
-    check_marks,
-    collect_audits,
-    last_versions,
-    markdown_table,
-    stream,
-)
-from worker.stack import LocalStack
-from worker.testing import LocalKafka
+from devtools.audit_check import AuditChecker, check_marks, collect_audits
+from devtools.fault_report import FaultRow, markdown_table
+from devtools.kafka_broker import LocalKafka
+from devtools.redis_servers import RedisServer
+from devtools.stack import LocalStack
+from devtools.traffic import SteadyProducer, last_versions, stream
 
 log = logging.getLogger(__name__)
 

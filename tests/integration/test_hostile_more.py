@@ -28,7 +28,9 @@ import pytest
 
 from cachebus import CacheBus, SearchHit, Tag
 from cachebus.settings import Settings
-from cachebus.testing import RedisServer
+from devtools.kafka_broker import LocalKafka
+from devtools.redis_servers import RedisServer
+from devtools.stack import LocalStack, document_event
 from tests.hostile_events import HOSTILE
 from tests.hostile_more import (
     CANARY_COLLECTION,
@@ -44,8 +46,6 @@ from tests.hostile_more import (
     Case,
 )
 from worker.events import peek_field
-from worker.stack import LocalStack, document_event
-from worker.testing import LocalKafka
 
 V = np.ones(8, dtype=np.float32)
 

@@ -1,4 +1,4 @@
-"""Integration tests of :class:`worker.testing.LocalKafka` against a REAL Kafka broker.
+"""Integration tests of :class:`devtools.kafka_broker.LocalKafka` against a REAL Kafka broker.
 
 Nothing here is skipped when the broker cannot start: the ``kafka`` fixture then raises, and
 every test that uses it errors, so a missing Java/Maven or a broken broker turns CI red.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from worker.testing import LocalKafka, acreate_topics, create_topics
+from devtools.kafka_broker import LocalKafka, acreate_topics, create_topics
 
 pytestmark = pytest.mark.kafka
 

@@ -33,13 +33,13 @@ from cachebus.acl import acl_rules
 from cachebus.keys import KeyScheme, Tag
 from cachebus.runner import AsyncClient
 from cachebus.settings import Settings
-from cachebus.testing import LOOPBACK, RedisServer
+from devtools.redis_servers import LOOPBACK, RedisServer
+from devtools.stack import LocalStack, WorkerProcess, document_event, settings_env
 from worker.applier import Applier
 from worker.audit import SourceRecord
 from worker.monitor import CANARY_MODEL, Monitor, MonitorConfig, aread_consistency
 from worker.processor import Outbound, Processor
 from worker.rules import load_rules
-from worker.stack import LocalStack, WorkerProcess, document_event, settings_env
 
 RULES = load_rules(None)
 OFFSETS = (0.0, 5.0, 60.0)

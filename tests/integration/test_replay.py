@@ -12,8 +12,8 @@ import pytest
 
 from cachebus.control import read_control_state
 from cachebus.keys import KeyScheme
+from devtools.stack import LocalStack, document_event
 from worker.replay import ReplayOptions, ReplayRefused, replay
-from worker.stack import LocalStack, document_event
 
 
 def _mixed_stream(docs: int, seed: int = 3) -> list[dict | bytes]:
@@ -144,7 +144,7 @@ def test_dry_run_predicts_the_real_replay(stack: LocalStack) -> None:
     import subprocess
     import sys
 
-    from worker.stack import settings_env
+    from devtools.stack import settings_env
 
     stack.publish([document_event("created", f"doc-{i}", 1) for i in range(3)])
     first = asyncio.run(replay(stack.settings, ReplayOptions(progress=False)))

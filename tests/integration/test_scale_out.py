@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import time
 
-from soak import AuditChecker, SteadyProducer, check_marks, collect_audits, last_versions, stream
+from devtools.audit_check import AuditChecker, check_marks, collect_audits
+from devtools.stack import LocalStack, document_event
+from devtools.traffic import SteadyProducer, last_versions, stream
 from tests.guarantees import check_guarantees
-from worker.stack import LocalStack, document_event
 
 SESSION_TIMEOUT = 6.0
 

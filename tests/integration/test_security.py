@@ -63,13 +63,14 @@ from cachebus.commands import Call
 from cachebus.control import read_control_state
 from cachebus.keys import KeyScheme
 from cachebus.runner import AsyncRunner, SyncRunner
-from cachebus.testing import RedisClusterServers, RedisServer
-from worker import acl_cli, stats
+from devtools.kafka_broker import LocalKafka
+from devtools.redis_servers import RedisClusterServers, RedisServer
+from devtools.stack import LocalStack, by_event_id, document_event
+from worker import stats
 from worker.cli import _add_common
+from worker.commands import acl as acl_cli
 from worker.kafka import client_config, ensure_topics
 from worker.replay import ReplayOptions, replay
-from worker.stack import LocalStack, by_event_id, document_event
-from worker.testing import LocalKafka
 
 PREFIX = "t"
 ADMIN = ("admin", "admin-secret")

@@ -22,7 +22,7 @@ from cachebus import (
     Settings,
 )
 from cachebus.ratelog import FAIL_OPEN
-from cachebus.testing import RedisServer
+from devtools.redis_servers import RedisServer
 
 S = Settings(prefix="t")
 

@@ -18,19 +18,20 @@ import pytest
 import redis.cluster
 
 from cachebus import CacheBus, ChunkVector, SearchHit, Settings
+from cachebus.answers import AnswerCache
 from cachebus.errors import CacheUnavailableError
 from cachebus.metrics import LayerMetrics
 from cachebus.metrics_store import MetricsPublisher, publish, read
 from cachebus.querylog import QueryLog
 from cachebus.runner import SyncRunner
-from cachebus.testing import RedisServer
+from devtools.kafka_broker import LocalKafka
+from devtools.redis_servers import RedisServer
 from worker import cli
 from worker import stats as stats_command
 from worker.kafka import acreate_topics
-from worker.testing import LocalKafka
 
 PREFIX = "st"
-COUNTS = {"qe": 30, "de": 7, "sr": 12, "rr": 5}
+COUNTS = {"qe": 30, "de": 7, "sr": 12, "rr": 5, "ga": 4}
 
 
 def populate(client, prefix: str = PREFIX) -> None:
@@ -46,6 +47,8 @@ def populate(client, prefix: str = PREFIX) -> None:
         bus.search_results("kb").set(f"query {i}", [SearchHit(f"doc {i % 7}", 0.5)])
     for i in range(COUNTS["rr"]):
         bus.rerank_scores("rk").set(f"query {i}", [("doc 1", 1)], [0.9])
+    for i in range(COUNTS["ga"]):
+        bus.layer(AnswerCache, "kb", "llm", "v1").set(f"query {i}", [("doc 1", 1)], "answer")
     bus.invalidator.invalidate_documents(["doc 99"])  # a stamp and the sequence
     QueryLog(client, Settings(prefix=prefix)).record(["a", "b"])
     CacheBus(client, Settings(prefix="other")).query_embeddings("m").set("x", vec)

@@ -1,4 +1,4 @@
-"""Integration tests for cachebus.testing: real redis-server processes, no mocks."""
+"""Integration tests for devtools.redis_servers: real redis-server processes, no mocks."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import redis.cluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cachebus import testing
-from cachebus.testing import (
+from devtools import redis_cluster as cluster_module
+from devtools import redis_servers, redis_support
+from devtools.redis_servers import (
     CLUSTER_BUS_PORT_OFFSET,
     RedisClusterServers,
     RedisServer,
@@ -48,15 +49,15 @@ def test_find_binaries() -> None:
 
 def test_find_redis_server_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
     real = find_redis_server()
-    monkeypatch.setenv(testing.ENV_REDIS_SERVER_BIN, real)
+    monkeypatch.setenv(redis_servers.ENV_REDIS_SERVER_BIN, real)
     assert find_redis_server() == real
-    monkeypatch.setenv(testing.ENV_REDIS_SERVER_BIN, "/nonexistent/redis-server")
+    monkeypatch.setenv(redis_servers.ENV_REDIS_SERVER_BIN, "/nonexistent/redis-server")
     with pytest.raises(RuntimeError, match=r"redis-server not found.*apt-get install -y"):
         find_redis_server()
 
 
 def test_find_redis_server_missing_from_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(testing.ENV_REDIS_SERVER_BIN, raising=False)
+    monkeypatch.delenv(redis_servers.ENV_REDIS_SERVER_BIN, raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(RuntimeError) as info:
         find_redis_server()
@@ -157,7 +158,7 @@ def test_stop_while_suspended_is_quick(own_server: RedisServer) -> None:
 
 
 def test_stop_cleans_up_and_is_idempotent(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(testing.ENV_TEST_REDIS_URL, raising=False)
+    monkeypatch.delenv(redis_servers.ENV_TEST_REDIS_URL, raising=False)
     with RedisServer() as server:
         pid = server.pid
         directory = server.directory
@@ -191,7 +192,7 @@ def test_startup_failure_raises_with_log_tail() -> None:
 
 
 def test_external_url_from_env(monkeypatch: pytest.MonkeyPatch, own_server: RedisServer) -> None:
-    monkeypatch.setenv(testing.ENV_TEST_REDIS_URL, own_server.url)
+    monkeypatch.setenv(redis_servers.ENV_TEST_REDIS_URL, own_server.url)
     external = RedisServer()
     assert external.external
     with external:
@@ -219,9 +220,9 @@ async def test_async_client(own_server: RedisServer) -> None:
 
 def test_cli_redis() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    env.pop(testing.ENV_TEST_REDIS_URL, None)
+    env.pop(redis_servers.ENV_TEST_REDIS_URL, None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cachebus.testing", "redis"],
+        [sys.executable, "-m", "devtools.redis_servers", "redis"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -249,7 +250,7 @@ def test_cli_redis() -> None:
 
 
 def test_free_cluster_ports_leave_room_for_bus() -> None:
-    ports = testing._free_cluster_ports(6)
+    ports = redis_support._free_cluster_ports(6)
     assert len(set(ports)) == 6
     buses = {p + CLUSTER_BUS_PORT_OFFSET for p in ports}
     assert all(b <= 65535 for b in buses)
@@ -263,7 +264,7 @@ def test_cluster_topology(redis_cluster: RedisClusterServers) -> None:
         ("127.0.0.1", p) for p in redis_cluster.ports
     ]
     for port in redis_cluster.ports:
-        info = testing._cluster_info("127.0.0.1", port)
+        info = cluster_module._cluster_info("127.0.0.1", port)
         assert info["cluster_state"] == "ok"
         assert info["cluster_slots_ok"] == "16384"
         assert info["cluster_known_nodes"] == "3"

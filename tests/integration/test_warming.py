@@ -20,8 +20,8 @@ import redis.cluster
 from cachebus import CacheBus, HashingEmbedder, Settings
 from cachebus.keys import sha256_hex
 from cachebus.querylog import SHARDS, AsyncQueryLog, QueryLog
-from cachebus.testing import RedisServer
 from cachebus.warming import content_hash, warm_documents, warm_queries
+from devtools.redis_servers import RedisServer
 from worker import warm as warm_command
 from worker.cli import _add_common
 

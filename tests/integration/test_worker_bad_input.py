@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from cachebus import CacheBus, ChunkVector, SearchHit
+from devtools.stack import LocalStack, document_event
 from tests.hostile_events import HOSTILE, MAX_BYTES, OK
 from worker.events import peek_field
 from worker.kafka import OVERSIZE_HEADROOM, client_config
-from worker.stack import LocalStack, document_event
 
 
 def publish_in_order(stack: LocalStack, records: list[tuple[bytes | None, bytes]]) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from cachebus import CacheBus, SearchHit
+from devtools.stack import LocalStack, by_event_id, document_event
 from tests.guarantees import V, check_guarantees
-from worker.stack import LocalStack, by_event_id, document_event
 
 
 def _bus(stack: LocalStack) -> CacheBus:
@@ -73,7 +73,7 @@ def test_scan_rule_health_metrics_and_cli(stack: LocalStack, tmp_path) -> None:
     import sys
     import urllib.request
 
-    from worker.stack import settings_env
+    from devtools.stack import settings_env
 
     rules = tmp_path / "rules.toml"
     rules.write_text('[[scan]]\nevents = ["deleted"]\npattern = "legacy:docembed:{doc_id}:*"\n')

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 from cachebus.keys import KeyScheme
-from cachebus.testing import RedisServer
-from worker.stack import LocalStack, by_event_id, document_event
-from worker.testing import LocalKafka
+from devtools.kafka_broker import LocalKafka
+from devtools.redis_servers import RedisServer
+from devtools.stack import LocalStack, by_event_id, document_event
 
 
 def _stream(docs: int, versions: int) -> list[dict]:

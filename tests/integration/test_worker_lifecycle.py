@@ -33,10 +33,10 @@ import pytest
 
 from cachebus.keys import KeyScheme
 from cachebus.settings import Settings
-from cachebus.testing import RedisServer
-from worker.app import EXIT_CONFIG, EXIT_STOPPED
-from worker.stack import LocalStack, WorkerProcess, by_event_id, document_event, settings_env
-from worker.testing import LocalKafka
+from devtools.kafka_broker import LocalKafka
+from devtools.redis_servers import RedisServer
+from devtools.stack import LocalStack, WorkerProcess, by_event_id, document_event, settings_env
+from worker.lifecycle import EXIT_CONFIG, EXIT_STOPPED
 
 GRACE_S = 30.0
 """Kubernetes' default terminationGracePeriodSeconds: the limit every stop must meet."""
@@ -407,7 +407,7 @@ def test_data_dir_is_the_same_on_every_start(monkeypatch: pytest.MonkeyPatch) ->
     the pid (which made a new directory per restart)."""
     import tempfile
 
-    from worker.app import data_dir
+    from worker.lifecycle import data_dir
 
     monkeypatch.delenv("CACHEBUS_DATA_DIR", raising=False)
     base = Path(tempfile.gettempdir())

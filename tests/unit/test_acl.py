@@ -25,8 +25,8 @@ from cachebus.acl import (
 )
 from cachebus.errors import ConfigError
 from cachebus.settings import Settings
-from worker import acl_cli
 from worker.cli import _add_common
+from worker.commands import acl as acl_cli
 
 BROAD = {
     "keys",

@@ -15,21 +15,21 @@ import jsonschema_rs
 import pytest
 from jsonschema import Draft202012Validator
 
-from cachebus.errors import CacheBusError, InvalidEventError
+from cachebus.errors import CacheBusError
 from cachebus.keys import KeyScheme
 from tests.hostile_events import HOSTILE, MAX_BYTES, encode, padded_to, valid_event
-from worker.applier import Applied
 from worker.audit import (
     MAX_DLQ_ORIGINAL,
     SourceRecord,
     audit_event,
-    audit_key,
     dead_letter,
     now_rfc3339,
     to_bytes,
 )
+from worker.errors import InvalidEventError
 from worker.events import DocumentEvent, parse_event
 from worker.planner import Plan, plan
+from worker.results import ActionResult, Applied, DeadLettered, Skipped
 from worker.rules import ScanRule, load_rules
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -101,20 +101,16 @@ def applied_like_applier(p: Plan, *, removed: int, generation: int, scanned: int
     """An Applied shaped exactly as Applier._apply_round builds it."""
     actions = []
     for action in p.actions:
-        out = action.as_json()
-        detail = dict(action.detail)
         if action.kind == "drop_embeddings":
-            detail["removed"] = removed
+            actions.append(ActionResult(action, embeddings_removed=removed))
         elif action.kind == "bump":
-            detail["generation"] = generation
+            actions.append(ActionResult(action, generation=generation))
         elif action.kind == "scan":
-            detail["keys_removed"] = scanned
-        if detail:
-            out["detail"] = detail
-        actions.append(out)
+            actions.append(ActionResult(action, keys_removed=scanned))
+        else:
+            actions.append(ActionResult(action))
     return Applied(
-        "applied",
-        actions=actions,
+        tuple(actions),
         keys_removed=removed + scanned * len(p.scans),
         generations={"search_results:c": generation} if p.bumps else {},
     )
@@ -148,7 +144,9 @@ class TestAppliedAudit:
         ev = parse(raw)
         p = plan(ev, SCAN_RULES, KEYS)
         applied = applied_like_applier(p, removed=2, generation=58, scanned=3)
-        audit = audit_event(record(raw), worker_id=WORKER, replay=False, event=ev, applied=applied)
+        audit = audit_event(
+            record(raw), applied, worker_id=WORKER, replay=False, event=ev
+        ).to_json()
         assert_valid("audit-event", audit)
         assert [a["kind"] for a in audit["actions"]] == [
             "tag",
@@ -185,7 +183,7 @@ class TestAppliedAudit:
         raw = encode(valid_event(event_type=kind, tags=["t"]))
         ev = parse(raw)
         applied = applied_like_applier(plan(ev, RULES, KEYS), removed=0, generation=1, scanned=0)
-        audit = audit_event(record(raw), worker_id=WORKER, replay=True, event=ev, applied=applied)
+        audit = audit_event(record(raw), applied, worker_id=WORKER, replay=True, event=ev).to_json()
         assert_valid("audit-event", audit)
         assert audit["replay"] is True
 
@@ -196,8 +194,8 @@ class TestAppliedAudit:
         raw = encode(valid_event(occurred_at=occurred.isoformat().replace("+00:00", "Z")))
         rec = record(raw, timestamp_ms=int(time.time() * 1000) - 5000, offset=9)
         audit = audit_event(
-            rec, worker_id=WORKER, replay=False, event=parse(raw), applied=Applied("applied")
-        )
+            rec, Applied(), worker_id=WORKER, replay=False, event=parse(raw)
+        ).to_json()
         assert audit["source"] == {
             "topic": "documents.events",
             "partition": 3,
@@ -224,8 +222,9 @@ class TestAppliedAudit:
         base = datetime.now(UTC).replace(microsecond=0, tzinfo=None) - timedelta(seconds=60)
         text = occurred_at.format(t=base.isoformat())
         event = replace(parse(encode(valid_event())), occurred_at=text)
-        audit = audit_event(record(b"{}"), worker_id=WORKER, replay=False, event=event,
-                            applied=Applied("applied"))
+        audit = audit_event(
+            record(b"{}"), Applied(), worker_id=WORKER, replay=False, event=event
+        ).to_json()
         expected = (datetime.now(UTC) - base.replace(tzinfo=UTC)).total_seconds() - offset_s
         assert abs(audit["lag_ms"] / 1000 - expected) < 5
 
@@ -234,10 +233,9 @@ class TestAppliedAudit:
         dead-lettered record: the produce timestamp stands in."""
         event = replace(parse(encode(valid_event())), occurred_at="2025-02-30T00:00:00Z")
         rec = record(b"{}", timestamp_ms=int(time.time() * 1000) - 7000)
-        audit = audit_event(rec, worker_id=WORKER, replay=False, event=event,
-                            applied=Applied("applied"))
+        audit = audit_event(rec, Applied(), worker_id=WORKER, replay=False, event=event).to_json()
         assert 6_900 <= audit["lag_ms"] < 60_000
-        dead = audit_event(rec, worker_id=WORKER, replay=False, dead_letter_reason="x: y")
+        dead = audit_event(rec, DeadLettered("x", "y"), worker_id=WORKER, replay=False).to_json()
         assert 6_900 <= dead["lag_ms"] < 60_000
 
 
@@ -245,19 +243,19 @@ class TestAuditKey:
     def test_keyed_by_doc_id_not_by_the_record_key(self) -> None:
         """schemas/README.md: audits are keyed by doc_id (UTF-8)."""
         raw = encode(valid_event(doc_id="kb/ä*1"))
-        audit = audit_event(record(raw, key=b"other"), worker_id=WORKER, replay=False,
-                            event=parse(raw), applied=Applied("applied"))
-        assert audit_key(audit) == "kb/ä*1".encode()
+        audit = audit_event(
+            record(raw, key=b"other"), Applied(), worker_id=WORKER, replay=False, event=parse(raw)
+        )
+        assert audit.key() == "kb/ä*1".encode()
 
     def test_dead_letter_audit_keyed_by_what_could_be_read(self) -> None:
         """A dead-lettered record: its doc_id if one could be read, else no key."""
         readable = encode(valid_event(doc_version="3"))
-        audit = audit_event(record(readable, key=b"k"), worker_id=WORKER, replay=False,
-                            dead_letter_reason="schema_violation: x")
-        assert audit_key(audit) == b"d1"
-        unreadable = audit_event(record(b"\xff", key=b"k"), worker_id=WORKER, replay=False,
-                                 dead_letter_reason="invalid_encoding: x")
-        assert unreadable["doc_id"] is None and audit_key(unreadable) is None
+        bad = DeadLettered("schema_violation", "x")
+        audit = audit_event(record(readable, key=b"k"), bad, worker_id=WORKER, replay=False)
+        assert audit.key() == b"d1"
+        unreadable = audit_event(record(b"\xff", key=b"k"), bad, worker_id=WORKER, replay=False)
+        assert unreadable.doc_id is None and unreadable.key() is None
 
 
 class TestSkippedAudit:
@@ -272,12 +270,8 @@ class TestSkippedAudit:
         """Skipped events carry their reason, no actions and nothing removed."""
         raw = encode(valid_event(event_type="updated", doc_version=6))
         audit = audit_event(
-            record(raw),
-            worker_id=WORKER,
-            replay=False,
-            event=parse(raw),
-            applied=Applied(outcome, reason),
-        )
+            record(raw), Skipped(outcome, reason), worker_id=WORKER, replay=False, event=parse(raw)
+        ).to_json()
         assert_valid("audit-event", audit)
         assert (audit["outcome"], audit["reason"]) == (outcome, reason)
         assert (audit["actions"], audit["keys_removed"], audit["generations_bumped"]) == ([], 0, {})
@@ -292,8 +286,8 @@ class TestDeadLettered:
             parse(value)
         reason, detail = info.value.reason, info.value.detail
         audit = audit_event(
-            rec, worker_id=WORKER, replay=False, dead_letter_reason=f"{reason}: {detail}"
-        )
+            rec, DeadLettered(reason, detail), worker_id=WORKER, replay=False
+        ).to_json()
         envelope = dead_letter(rec, reason, detail, worker_id=WORKER)
         assert_valid("audit-event", audit)
         assert_valid("dead-letter", envelope)
@@ -316,10 +310,10 @@ class TestDeadLettered:
         envelope = dead_letter(rec, "schema_violation", "at event_id: bad", worker_id=WORKER)
         audit = audit_event(
             rec,
+            DeadLettered("schema_violation", "at event_id: bad"),
             worker_id=WORKER,
             replay=False,
-            dead_letter_reason="schema_violation: at event_id: bad",
-        )
+        ).to_json()
         assert_valid("dead-letter", envelope)
         assert_valid("audit-event", audit)
         assert envelope["event_id"] == audit["event_id"] == "not-a-uuid"
@@ -335,8 +329,8 @@ class TestDeadLettered:
         assert base64.b64decode(envelope["original_value_b64"]) == value[:MAX_DLQ_ORIGINAL]
         assert envelope["event_id"] is None
         audit = audit_event(
-            rec, worker_id=WORKER, replay=False, dead_letter_reason=f"oversize: {len(value)} bytes"
-        )
+            rec, DeadLettered("oversize", f"{len(value)} bytes"), worker_id=WORKER, replay=False
+        ).to_json()
         assert_valid("audit-event", audit)
 
     def test_value_at_limit_is_not_truncated(self) -> None:
@@ -355,10 +349,10 @@ class TestDeadLettered:
         )
         audit = audit_event(
             rec,
+            DeadLettered("schema_violation", "event must be a JSON object"),
             worker_id=WORKER,
             replay=False,
-            dead_letter_reason="schema_violation: event must be a JSON object",
-        )
+        ).to_json()
         assert_valid("dead-letter", envelope)
         assert_valid("audit-event", audit)
         assert envelope["original_key_b64"] is None
@@ -370,10 +364,10 @@ class TestDeadLettered:
         """Kafka's -1 'no timestamp' gives a null lag, not a huge one."""
         audit = audit_event(
             record(b"x", timestamp_ms=-1),
+            DeadLettered("invalid_json", "x"),
             worker_id=WORKER,
             replay=False,
-            dead_letter_reason="invalid_json: x",
-        )
+        ).to_json()
         assert audit["lag_ms"] is None
         assert_valid("audit-event", audit)
 
@@ -382,11 +376,8 @@ class TestDeadLettered:
         rec = record(None)
         envelope = dead_letter(rec, "invalid_json", "record has no value", worker_id=WORKER)
         audit = audit_event(
-            rec,
-            worker_id=WORKER,
-            replay=False,
-            dead_letter_reason="invalid_json: record has no value",
-        )
+            rec, DeadLettered("invalid_json", "record has no value"), worker_id=WORKER, replay=False
+        ).to_json()
         assert_valid("dead-letter", envelope)
         assert_valid("audit-event", audit)
         assert (envelope["original_value_b64"], envelope["original_size"]) == ("", 0)
@@ -425,12 +416,8 @@ class TestToBytes:
         """An audit event survives to_bytes -> json.loads unchanged."""
         raw = encode(valid_event(doc_id="*{x}"))
         audit = audit_event(
-            record(raw),
-            worker_id=WORKER,
-            replay=False,
-            event=parse(raw),
-            applied=Applied("applied"),
-        )
+            record(raw), Applied(), worker_id=WORKER, replay=False, event=parse(raw)
+        ).to_json()
         assert json.loads(to_bytes(audit)) == audit
 
     def test_now_rfc3339(self) -> None:
@@ -451,11 +438,11 @@ def process_like_worker(value: bytes) -> list[tuple[str, dict[str, Any]]]:
     except CacheBusError as exc:
         reason, detail = "processing_error", str(exc)
     else:
-        applied = Applied("applied", actions=[a.as_json() for a in p.actions])
+        applied = Applied.planned(p.actions)
         return [
             (
                 "audit-event",
-                audit_event(rec, worker_id=WORKER, replay=False, event=ev, applied=applied),
+                audit_event(rec, applied, worker_id=WORKER, replay=False, event=ev).to_json(),
             )
         ]
     return [
@@ -463,8 +450,8 @@ def process_like_worker(value: bytes) -> list[tuple[str, dict[str, Any]]]:
         (
             "audit-event",
             audit_event(
-                rec, worker_id=WORKER, replay=False, dead_letter_reason=f"{reason}: {detail[:300]}"
-            ),
+                rec, DeadLettered(reason, detail), worker_id=WORKER, replay=False
+            ).to_json(),
         ),
     ]
 

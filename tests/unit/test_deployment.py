@@ -41,7 +41,7 @@ def _service(name: str) -> str:
 
 class TestComposeServices:
     def test_kafka_image_is_the_tested_release(self) -> None:
-        from worker.testing import DEFAULT_KAFKA_VERSION
+        from devtools.kafka_broker import DEFAULT_KAFKA_VERSION
 
         assert f"image: apache/kafka:{DEFAULT_KAFKA_VERSION}\n" in _service("kafka")
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from cachebus.errors import InvalidEventError
 from cachebus.settings import Settings
 from tests.hostile_events import MAX_BYTES, encode, valid_event
 from worker.audit import SourceRecord
+from worker.errors import InvalidEventError
 from worker.events import parse_event
 from worker.processor import Outbound, Processor
 from worker.rules import load_rules

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cachebus.errors import InvalidEventError
 from tests.hostile_events import (
     DEAD_LETTER_REASONS,
     HOSTILE,
@@ -24,6 +23,7 @@ from tests.hostile_events import (
     encode,
     valid_event,
 )
+from worker.errors import InvalidEventError
 from worker.events import DocumentEvent, parse_event, peek_field
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples" / "document-event"

@@ -159,3 +159,15 @@ def test_glob_helper_agrees_with_fnmatch_on_plain_patterns() -> None:
     """Sanity check of the test's own matcher."""
     for pattern, key in [("a*", "abc"), ("a?c", "abc"), ("[ab]x", "bx")]:
         assert redis_glob_match(pattern, key) == fnmatch.fnmatchcase(key, pattern)
+
+
+def test_query_embedding_keys_in_bulk_match_the_single_key_digest() -> None:
+    """``query_embeddings`` inlines ``key_digest`` for speed: same keys, any text."""
+    from cachebus.keys import KeyScheme, key_digest
+
+    keys = KeyScheme("cb")
+    texts = ["", "a", "what is a vector?", "ünïcödé ✓", "\ud800 lone surrogate", "{tag}*?[]"]
+    bulk = keys.query_embeddings("m", "1", 3, texts, "e")
+    head = "cb:" + bulk[0].split(":", 1)[1].rsplit(":", 1)[0] + ":"
+    assert head.endswith(":g3:ee:")
+    assert bulk == [f"{head}{{{key_digest(t)}}}" for t in texts]

@@ -12,6 +12,7 @@ import redis.asyncio
 from cachebus.errors import ConfigError
 from cachebus.keys import KeyScheme
 from cachebus.settings import Settings
+from devtools.stack import document_event
 from worker.audit import SourceRecord
 from worker.monitor import (
     DEFAULT_CHECK_AFTER,
@@ -30,7 +31,6 @@ from worker.monitor import (
     window_minutes,
 )
 from worker.processor import Outbound
-from worker.stack import document_event
 
 # -- settings ----------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ SCAN_RULES = replace(RULES, scans=(ScanRule(("updated", "deleted"), LEGACY),))
 ALL_SCAN_RULES = replace(
     RULES, scans=(ScanRule(("created", "updated", "deleted"), "legacy:{collection}:{doc_id}:*"),)
 )
-OFF = Rules(created=EventRule(), updated=EventRule(), deleted=EventRule())
+OFF = Rules()
+UPDATED = RULES.for_type("updated")
 OK_CASES = [pytest.param(value, id=name) for name, value, expected in HOSTILE if expected == OK]
 CHUNKS = [
     {"chunk_id": "c0", "content_hash": "sha256:00"},
@@ -204,14 +205,14 @@ class TestRulesOff:
 
     def test_no_user_tags(self) -> None:
         """invalidate_tags = false: event tags are ignored."""
-        rules = replace(RULES, updated=replace(RULES.updated, invalidate_tags=False))
+        rules = RULES.with_rule("updated", replace(UPDATED, invalidate_tags=False))
         result = plan(event(event_type="updated", tags=["t1"]), rules, KEYS)
         assert result.tags == ()
         assert Action("tag", "tag:t1") not in result.actions
 
     def test_keep_embeddings(self) -> None:
         """embeddings = none: the doc is still tagged but no embeddings are dropped."""
-        rules = replace(RULES, updated=replace(RULES.updated, embeddings="none"))
+        rules = RULES.with_rule("updated", replace(UPDATED, embeddings="none"))
         result = plan(event(event_type="updated", chunks=CHUNKS), rules, KEYS)
         assert result.document == DocumentInvalidation("d1", "bump", "none", (), if_below=1)
         assert all(a.kind != "drop_embeddings" for a in result.actions)
@@ -219,13 +220,13 @@ class TestRulesOff:
 
     def test_no_doc_tag(self) -> None:
         """invalidate_doc = false: no doc tag action (embeddings may still be dropped)."""
-        rules = replace(RULES, updated=replace(RULES.updated, invalidate_doc=False))
+        rules = RULES.with_rule("updated", replace(UPDATED, invalidate_doc=False))
         result = plan(event(event_type="updated"), rules, KEYS)
         assert Action("tag", "doc:d1") not in result.actions
 
     def test_no_tombstone(self) -> None:
         """tombstone = false and embeddings = none on deleted: no document action."""
-        rules = replace(RULES, deleted=EventRule(invalidate_tags=True))
+        rules = RULES.with_rule("deleted", EventRule(invalidate_tags=True))
         result = plan(event(event_type="deleted", tags=["t1"]), rules, KEYS)
         assert result.document is None
         assert result.actions == (Action("tag", "tag:t1"),)

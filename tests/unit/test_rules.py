@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from cachebus.errors import ConfigError
+from cachebus.events import EventType
 from worker.rules import EventRule, Rules, ScanRule, load_rules, merge_tables, parse_rules
 
 
@@ -21,11 +22,13 @@ class TestDefaults:
         """created bumps + revives; updated tags the doc, drops changed embeddings, bumps;
         deleted tombstones and drops all without a bump; no scans."""
         rules = load_rules()
-        assert rules.created == EventRule(bump_collection=True, revive=True)
-        assert rules.updated == EventRule(
+        assert rules.for_type("created") == EventRule(bump_collection=True, revive=True)
+        assert rules.for_type("updated") == EventRule(
             bump_collection=True, invalidate_doc=True, invalidate_tags=True, embeddings="changed"
         )
-        assert rules.deleted == EventRule(tombstone=True, embeddings="all", invalidate_tags=True)
+        assert rules.for_type("deleted") == EventRule(
+            tombstone=True, embeddings="all", invalidate_tags=True
+        )
         assert rules.scans == ()
 
     @pytest.mark.parametrize("path", [None, ""])
@@ -33,11 +36,18 @@ class TestDefaults:
         """None and an empty path (unset CACHEBUS_RULES_FILE) give the defaults."""
         assert load_rules(path) == load_rules()
 
-    @pytest.mark.parametrize("kind", ["created", "updated", "deleted"])
-    def test_for_type(self, kind: str) -> None:
-        """for_type returns the rule of that event type."""
+    @pytest.mark.parametrize("kind", list(EventType))
+    def test_for_type(self, kind: EventType) -> None:
+        """for_type returns the rule of that event type, by member or by name."""
         rules = load_rules()
-        assert rules.for_type(kind) is getattr(rules, kind)
+        assert rules.for_type(kind) is rules.by_type[kind] is rules.for_type(kind.value)
+
+    def test_unknown_type_is_refused(self) -> None:
+        """for_type and with_rule name the known types for an unknown one."""
+        with pytest.raises(ValueError, match="created, updated, deleted"):
+            load_rules().for_type("archived")
+        with pytest.raises(ValueError, match="not an event type"):
+            Rules({"archived": EventRule()})
 
     def test_empty_override_file_keeps_defaults(self, tmp_path: Path) -> None:
         """An empty override file changes nothing."""
@@ -50,17 +60,17 @@ class TestOverride:
         path = write(tmp_path, '[updated]\nembeddings = "all"\n\n[created]\nrevive = false\n')
         rules = load_rules(path)
         defaults = load_rules()
-        assert rules.updated == EventRule(
+        assert rules.for_type("updated") == EventRule(
             bump_collection=True, invalidate_doc=True, invalidate_tags=True, embeddings="all"
         )
-        assert rules.created == EventRule(bump_collection=True, revive=False)
-        assert rules.deleted == defaults.deleted
+        assert rules.for_type("created") == EventRule(bump_collection=True, revive=False)
+        assert rules.for_type("deleted") == defaults.for_type("deleted")
 
     def test_accepts_str_and_path(self, tmp_path: Path) -> None:
         """The path may be a str or a Path."""
         path = write(tmp_path, "[deleted]\ninvalidate_tags = false\n")
         assert load_rules(str(path)) == load_rules(path)
-        assert load_rules(path).deleted.invalidate_tags is False
+        assert load_rules(path).for_type("deleted").invalidate_tags is False
 
     def test_scan_rules_are_read(self, tmp_path: Path) -> None:
         """[[scan]] entries become ScanRules in file order."""
@@ -97,7 +107,7 @@ class TestOverride:
     def test_parse_rules_of_nothing(self) -> None:
         """parse_rules({}) is all off: every flag false, embeddings none, no scans."""
         off = EventRule()
-        assert parse_rules({}) == Rules(created=off, updated=off, deleted=off)
+        assert parse_rules({}) == Rules({"created": off, "updated": off, "deleted": off})
         assert off == EventRule(False, False, False, "none", False, False)
 
 

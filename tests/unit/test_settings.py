@@ -12,15 +12,15 @@ from cachebus.settings import redact_url
 class TestSafeTtls:
     def test_entry_ttl_plus_ticket_age_must_fit_in_stamp_ttl(self) -> None:
         """An entry must not outlive the stamps that guard it, for every stamped layer."""
-        base = {
-            "stamp_ttl": 4,
-            "search_results_ttl": 1,
-            "rerank_scores_ttl": 1,
-            "document_embedding_ttl": 1,
-            "max_ticket_age": 3,
-        }
+        from cachebus.settings import STAMPED_TTLS  # every tagged layer of the registry
+
+        assert {"search_results_ttl", "rerank_scores_ttl", "document_embedding_ttl"} <= set(
+            STAMPED_TTLS
+        )
+        base: dict[str, float] = {"stamp_ttl": 4, "max_ticket_age": 3}
+        base.update(dict.fromkeys(STAMPED_TTLS, 1))
         Settings(**base).validated()  # 1 + 3 <= 4
-        for name in ("search_results_ttl", "rerank_scores_ttl", "document_embedding_ttl"):
+        for name in STAMPED_TTLS:
             with pytest.raises(ConfigError, match=name):
                 Settings(**{**base, name: 2}).validated()
 

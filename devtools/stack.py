@@ -28,9 +28,9 @@ from types import TracebackType
 from typing import Any
 
 from cachebus.settings import Settings
-from cachebus.testing import RedisClusterServers, RedisServer
-
-from .testing import LocalKafka
+from devtools.local_kafka import LocalKafka
+from devtools.redis_cluster import RedisClusterServers
+from devtools.redis_server import RedisServer
 
 
 def _free_port() -> int:
@@ -116,7 +116,7 @@ class LocalStack:
         self.settings = Settings()
 
     def start(self) -> LocalStack:
-        from .kafka import ensure_topics
+        from worker.kafka import ensure_topics
 
         if self._own_redis:
             self.redis.start()
@@ -201,7 +201,7 @@ class LocalStack:
     ) -> int:
         from aiokafka import AIOKafkaProducer
 
-        from .kafka import client_config
+        from worker.kafka import client_config
 
         producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap,
@@ -248,7 +248,7 @@ class LocalStack:
     ) -> list[dict[str, Any]]:
         from aiokafka import AIOKafkaConsumer
 
-        from .kafka import client_config
+        from worker.kafka import client_config
 
         consumer = AIOKafkaConsumer(
             topic,
@@ -286,7 +286,7 @@ class LocalStack:
     async def acount_records(self, topic: str) -> int:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        from .kafka import client_config
+        from worker.kafka import client_config
 
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,

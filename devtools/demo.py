@@ -28,9 +28,8 @@ from cachebus import (
     Settings,
 )
 from cachebus.codecs import Vector
-
-from .audit_tail import format_audit
-from .stack import LocalStack, document_event
+from devtools.stack import LocalStack, document_event
+from worker.audit_tail import format_audit
 
 COLLECTION = "handbook"
 DOCS = {
@@ -170,7 +169,7 @@ def search(
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """``--help`` prints what the demo does and exits before anything starts."""
     parser = argparse.ArgumentParser(
-        prog="python -m worker.demo",
+        prog="python -m devtools.demo",
         description=(
             "make demo: start redis-server, a single-node Apache Kafka (KRaft) and the "
             "invalidation worker on loopback, then play a content pipeline: documents "
