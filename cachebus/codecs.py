@@ -102,6 +102,30 @@ _PLAIN_FLOAT32: dict[bytes, int] = {}
 without parsing its header again (the hot path of every float32 cache hit)."""
 
 
+def decode_vectors(
+    values: Sequence[bytes | None], expect_dim: int | None = None
+) -> list[Vector | None]:
+    """:func:`decode_vector` of many replies (``None`` stays ``None``; a value that does
+    not decode is ``None``, a miss). Plain float32 values take an inlined fast path: this
+    runs once per value of every cache hit."""
+    out: list[Vector | None] = []
+    append = out.append
+    size, plain, frombuffer, f32 = _HEADER.size, _PLAIN_FLOAT32, np.frombuffer, np.float32
+    for data in values:
+        if data is None:
+            append(None)
+            continue
+        dim = plain.get(data[:size])
+        if dim is not None and len(data) == size + 4 * dim and expect_dim in (None, dim):
+            append(frombuffer(data, dtype=f32, offset=size))
+            continue
+        try:
+            append(decode_vector(data, expect_dim))
+        except CodecError:
+            append(None)
+    return out
+
+
 def decode_vector(data: bytes, expect_dim: int | None = None) -> Vector:
     """Decode any vector this module wrote (the header says how). Returns float32."""
     dim = _PLAIN_FLOAT32.get(data[: _HEADER.size])

@@ -100,6 +100,24 @@ def key_digest(data: str | bytes) -> str:
 
 
 _URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+
+_DIGEST_MEMO: dict[str, str] = {}
+_DIGEST_MEMO_MAX: Final = 16_384
+"""Digests of the query texts seen last: a cache hit is a text seen before, and hot
+queries repeat (Zipf), so their SHA-256 is computed once per process, not per lookup.
+Bounded: emptied when full (at most ~16k short strings)."""
+
+
+def _memo_digest(text: str) -> str:
+    """:func:`key_digest` of a query text, memoized (the hot path of every lookup)."""
+    found = _DIGEST_MEMO.get(text)
+    if found is None:
+        if len(_DIGEST_MEMO) >= _DIGEST_MEMO_MAX:
+            _DIGEST_MEMO.clear()
+        found = _DIGEST_MEMO[text] = key_digest(text)
+    return found
+
+
 _QE: Final = SEGMENTS["query_embeddings"]
 _DE: Final = SEGMENTS["document_embeddings"]
 _SR: Final = SEGMENTS["search_results"]
@@ -192,17 +210,7 @@ class KeyScheme:
             f"{self.prefix}:{_QE}:{encode_part(model)}:{encode_part(model_version)}"
             f":g{generation}:e{encode_part(epoch)}:"
         )
-        # key_digest inlined: this runs once per text of every lookup (the hot path).
-        sha256, b2a, table = hashlib.sha256, binascii.b2a_base64, _URLSAFE
-        return [
-            head
-            + "{"
-            + b2a(sha256(t.encode("utf-8", "surrogatepass")).digest(), newline=False)[:43]
-            .translate(table)
-            .decode("ascii")
-            + "}"
-            for t in texts
-        ]
+        return [f"{head}{{{_memo_digest(t)}}}" for t in texts]
 
     def document_embeddings(self, doc_id: str) -> str:
         return f"{self.prefix}:{_DE}:{{{Tag.doc(doc_id).token}}}"

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from .codecs import Vector, VectorCodec, decode_vector
+from .codecs import Vector, VectorCodec, decode_vector, decode_vectors
 from .commands import Call, Program
 from .errors import CodecError
 from .layer import AsyncShell, LayerCore, SyncShell
@@ -92,15 +92,13 @@ class QueryEmbeddingCore(LayerCore):
                 self._seen = (raw[0], raw[1])
             # Query embeddings carry no tags: their ticket is the generation and epoch.
             ticket = Ticket(0, {self.namespace: self._generation}, self._epoch)
-        values = [self.decode(r) for r in replies]
+        values = decode_vectors(replies, self.dim)
         if count:
             self.count(values)
         return Lookup(values, ticket)
 
     def _keys(self, texts: Sequence[str], generation: int, epoch: str) -> list[str]:
-        return self.keys.query_embeddings(
-            self.model, self.model_version, generation, texts, epoch
-        )
+        return self.keys.query_embeddings(self.model, self.model_version, generation, texts, epoch)
 
     def store(
         self,

@@ -183,3 +183,34 @@ def test_plain_float32_fast_path_checks_like_the_header() -> None:
         decode_vector(data, 9)  # another dimension expected
     zipped = VectorCodec("float32", compress=True).encode(vec)
     assert np.array_equal(decode_vector(zipped), vec)  # zlib never takes the fast path
+
+
+def test_decode_vectors_matches_decode_vector_and_misses_on_bad_values() -> None:
+    """The bulk decoder (the hit path of query-embedding lookups) agrees with
+    :func:`decode_vector` for every codec, keeps ``None`` and turns a value that does
+    not decode (foreign bytes, wrong dimension) into ``None``."""
+    import numpy as np
+
+    from cachebus.codecs import VectorCodec, decode_vector, decode_vectors
+
+    vec = np.linspace(-1, 1, 8, dtype=np.float32)
+    values: list[bytes | None] = [
+        VectorCodec(dtype, compress).encode(vec)
+        for dtype in ("float32", "float16", "int8")
+        for compress in (False, True)
+    ]
+    decoded = decode_vectors([*values, None, b"not a vector"], expect_dim=8)
+    for raw, got in zip(values, decoded, strict=False):
+        assert raw is not None and got is not None
+        np.testing.assert_array_equal(got, decode_vector(raw, 8))
+    assert decoded[-2:] == [None, None]
+    assert decode_vectors(values[:1], expect_dim=9) == [None]  # dimension mismatch: a miss
+
+
+def test_memoized_query_digests_are_key_digest_and_bounded() -> None:
+    from cachebus import keys
+
+    keys._DIGEST_MEMO.clear()
+    texts = [f"q{i}" for i in range(keys._DIGEST_MEMO_MAX + 10)]
+    assert [keys._memo_digest(t) for t in texts] == [keys.key_digest(t) for t in texts]
+    assert len(keys._DIGEST_MEMO) <= keys._DIGEST_MEMO_MAX
