@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from cachebus.settings import Settings
+from worker.settings import WorkerSettings
 
 from .client_layers import BenchError
 
@@ -32,7 +32,7 @@ def _agent_main() -> None:
 
     from worker.app import faust_app
 
-    settings = Settings.from_env()
+    settings = WorkerSettings.from_env()
     expected = int(os.environ["CEILING_EVENTS"])
     app, topic = faust_app(settings, f"ceiling-{os.getpid()}")
 
@@ -56,7 +56,7 @@ def _agent_main() -> None:
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
 
-async def _produce(settings: Settings, events: list[tuple[bytes, bytes]]) -> None:
+async def _produce(settings: WorkerSettings, events: list[tuple[bytes, bytes]]) -> None:
     from aiokafka import AIOKafkaProducer
 
     from worker.kafka import client_config, ensure_topics
@@ -77,7 +77,7 @@ async def _produce(settings: Settings, events: list[tuple[bytes, bytes]]) -> Non
         await producer.stop()
 
 
-def run(base: Settings, events: list[tuple[bytes, bytes]], runs: int) -> dict[str, Any]:
+def run(base: WorkerSettings, events: list[tuple[bytes, bytes]], runs: int) -> dict[str, Any]:
     """Produce ``events`` to a fresh topic once; drain it ``runs`` times, each with a new
     consumer group (so each run reads the whole backlog)."""
     from devtools.stack import settings_env

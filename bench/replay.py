@@ -17,9 +17,9 @@ from pathlib import Path
 
 from cachebus.control import read_control_state
 from cachebus.keys import KeyScheme
-from cachebus.settings import Settings
 from devtools.stack import LocalStack, document_event
 from worker.replay import ReplayOptions, replay
+from worker.settings import WorkerSettings
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,7 +34,7 @@ def _events(n: int, docs: int) -> list[dict[str, object]]:
 
 
 def run(n: int, docs: int) -> dict[str, float | int | bool]:
-    with LocalStack(settings=Settings(prefix="bench-replay", topic_partitions=6)) as stack:
+    with LocalStack(settings=WorkerSettings(prefix="bench-replay", topic_partitions=6)) as stack:
         worker = stack.start_worker()
         events = _events(n, docs)
         print(f"replay bench: publishing {n} events over {docs} documents", flush=True)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from cachebus.settings import Settings
+from worker.settings import WorkerSettings
 
 from . import faust_ceiling
 from .client_layers import BenchError
@@ -156,7 +156,7 @@ class Sample:
 class Probe:
     """End offsets of the events and audit topics and the group's committed offsets."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.consumer: Any = None
         self.admin: Any = None
@@ -212,7 +212,7 @@ class Probe:
 class AuditReader:
     """Reads the audit topic from where the last read stopped up to its current end."""
 
-    def __init__(self, settings: Settings, probe: Probe) -> None:
+    def __init__(self, settings: WorkerSettings, probe: Probe) -> None:
         self.settings = settings
         self.probe = probe
         self.position: dict[Any, int] = {}
@@ -280,7 +280,7 @@ class WorkerBench:
         self.workers = workers
         self.cfg = cfg
         self.progress = progress
-        self.settings: Settings = stack.settings
+        self.settings: WorkerSettings = stack.settings
         self.factory = EventFactory(cfg.documents)
         self.probe = Probe(self.settings)
         self.audits = AuditReader(self.settings, self.probe)
@@ -540,7 +540,7 @@ async def _again(bench: WorkerBench, rate: float | None, count: int, name: str) 
 def run(cfg: WorkerConfig, progress: Progress) -> dict[str, Any]:
     from devtools.stack import LocalStack
 
-    base = Settings(prefix="bench", topic_partitions=cfg.partitions)
+    base = WorkerSettings(prefix="bench", topic_partitions=cfg.partitions)
     batch_max = cfg.batch_max if cfg.batch_max is not None else base.batch_max
     wait_ms = cfg.batch_wait_ms if cfg.batch_wait_ms is not None else base.batch_wait_ms
     t0 = time.perf_counter()

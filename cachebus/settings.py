@@ -1,11 +1,12 @@
-"""The one settings object, read from the environment (``CACHEBUS_*``)."""
+"""The library's settings, read from the environment (``CACHEBUS_*``); the worker's
+own (Kafka, topics, batching) extend them in :mod:`worker.settings`."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from .errors import ConfigError
 from .registry import default_ttl, stamped_ttl_settings, ttl_settings
@@ -16,10 +17,12 @@ DAY = 24 * HOUR
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Settings:
-    """Everything cachebus reads from the environment, with sane defaults.
+    """Everything the cachebus library reads from the environment, with sane defaults.
 
     Each field maps to ``CACHEBUS_<FIELD_NAME_UPPER>``; see the README's
-    configuration table.
+    configuration table. The worker's own settings (Kafka, topics, batching, its web
+    port) are in :class:`worker.settings.WorkerSettings`, a subclass: every library API
+    accepts one (as arq keeps ``RedisSettings`` apart from the worker's settings).
     """
 
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -66,47 +69,29 @@ class Settings:
     """Seconds between publishing layer counters to Redis for ``cachebus stats`` (0: off)."""
     strict: bool = False
     """Raise on Redis errors during reads instead of failing open (counted miss)."""
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    kafka_security_protocol: str = "PLAINTEXT"
-    kafka_sasl_mechanism: str = ""
-    kafka_sasl_username: str = ""
-    kafka_sasl_password: str = ""
-    kafka_ssl_cafile: str = ""
-    events_topic: str = "documents.events"
-    audit_topic: str = "cache.audit"
-    dlq_topic: str = "documents.events.dlq"
-    topic_partitions: int = 6
-    consumer_group: str = "cachebus-worker"
-    kafka_session_timeout: float = 10.0
-    """Seconds before the group gives a silent (crashed) worker's partitions to others."""
     rules_file: str = ""
-    """TOML file with invalidation rules; empty means the shipped defaults."""
-    max_event_bytes: int = 1_000_000
-    """Larger events are dead-lettered (reason ``oversize``)."""
-    batch_max: int = 500
-    """The worker applies up to this many events per batch."""
-    batch_wait_ms: int = 5
-    """...waiting at most this long to fill a batch."""
-    worker_id: str = ""
-    web_port: int = 6066
-    """Health and Prometheus metrics port of the worker (0 turns it off)."""
-    log_level: str = "info"
+    """TOML file with invalidation rules; empty means the shipped defaults (read by
+    ``Invalidator.document_*`` and by the worker)."""
+
+    secret_fields: ClassVar[frozenset[str]] = frozenset()
+    """Fields shown as ``***`` in ``repr`` (the Redis URL's password is always hidden);
+    subclasses with secrets of their own (the worker's SASL password) extend it."""
 
     def __repr__(self) -> str:
-        """Every field, with secrets (the Redis URL's password, Kafka's SASL password)
+        """Every field, with secrets (the Redis URL's password, :attr:`secret_fields`)
         replaced by ``***``: settings get logged and printed in tracebacks."""
         parts = []
         for f in fields(self):
             value: Any = getattr(self, f.name)
-            if f.name in SECRET_FIELDS and value:
+            if f.name in self.secret_fields and value:
                 value = "***"
             elif f.name == "redis_url":
                 value = redact_url(value)
             parts.append(f"{f.name}={value!r}")
-        return f"Settings({', '.join(parts)})"
+        return f"{type(self).__name__}({', '.join(parts)})"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
         """Build settings from ``CACHEBUS_*`` variables; keyword overrides win."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -118,11 +103,11 @@ class Settings:
         values.update(overrides)
         return cls(**values).validated()
 
-    def with_(self, **changes: Any) -> Settings:
+    def with_(self, **changes: Any) -> Self:
         """A copy with some fields changed (validated)."""
         return replace(self, **changes).validated()
 
-    def validated(self) -> Settings:
+    def validated(self) -> Self:
         from .keys import validate_prefix
 
         validate_prefix(self.prefix)
@@ -146,9 +131,6 @@ class Settings:
         if self.fence_check_interval < 0:
             raise ConfigError("fence_check_interval must be 0 (off) or positive")
         return self
-
-
-SECRET_FIELDS = frozenset({"kafka_sasl_password"})
 
 
 def redact_url(url: str) -> str:
@@ -184,27 +166,3 @@ def _parse(name: str, raw: str, kind: type) -> Any:
             f"CACHEBUS_{name.upper()}={raw!r} is not a valid {kind.__name__}"
         ) from None
     return raw
-
-
-def check_kafka_files(settings: Settings) -> None:
-    """Raise :class:`ConfigError` naming ``CACHEBUS_KAFKA_SSL_CAFILE`` and its path when
-    it is set and cannot be loaded as CA certificates (``ssl`` itself reports a missing
-    file without its path)."""
-    path = settings.kafka_ssl_cafile
-    if not path:
-        return
-    import ssl
-
-    try:
-        ssl.create_default_context(cafile=path)
-    except FileNotFoundError:
-        raise ConfigError(f"CACHEBUS_KAFKA_SSL_CAFILE {path!r}: no such file") from None
-    except ssl.SSLError as exc:
-        raise ConfigError(
-            f"CACHEBUS_KAFKA_SSL_CAFILE {path!r} holds no usable PEM CA certificate: "
-            f"{exc.reason or exc}"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"CACHEBUS_KAFKA_SSL_CAFILE {path!r} cannot be read: {exc.strerror or exc}"
-        ) from None

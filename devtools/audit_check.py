@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cachebus.keys import KeyScheme
-from cachebus.settings import Settings
+from worker.settings import WorkerSettings
 
 # --------------------------------------------------------------------------- audits
 
@@ -207,7 +207,7 @@ class AuditChecker:
         )
 
 
-async def _committed_everything(settings: Settings) -> bool:
+async def _committed_everything(settings: WorkerSettings) -> bool:
     """True when the worker group's committed offsets reach the end of every
     partition of the events topic (nothing left to (re)deliver)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -237,7 +237,7 @@ async def _committed_everything(settings: Settings) -> bool:
 
 
 async def acollect_audits(
-    settings: Settings,
+    settings: WorkerSettings,
     checker: AuditChecker,
     *,
     timeout: float = 120.0,
@@ -311,7 +311,7 @@ async def acollect_audits(
 
 
 def collect_audits(
-    settings: Settings, checker: AuditChecker, *, timeout: float = 120.0, quiesce: bool = True
+    settings: WorkerSettings, checker: AuditChecker, *, timeout: float = 120.0, quiesce: bool = True
 ) -> AuditChecker:
     """Sync wrapper of :func:`acollect_audits`."""
     return asyncio.run(acollect_audits(settings, checker, timeout=timeout, quiesce=quiesce))

@@ -25,11 +25,11 @@ from cachebus import (
     ChunkVector,
     HashingEmbedder,
     SearchHit,
-    Settings,
 )
 from cachebus.codecs import Vector
 from devtools.stack import LocalStack, document_event
 from worker.audit_tail import format_audit
+from worker.settings import WorkerSettings
 
 COLLECTION = "handbook"
 DOCS = {
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say("cachebus demo: Redis + Apache Kafka + the invalidation worker, all on loopback")
     started = time.monotonic()
     step("starting services")
-    with LocalStack(settings=Settings(prefix="demo", topic_partitions=3)) as stack:
+    with LocalStack(settings=WorkerSettings(prefix="demo", topic_partitions=3)) as stack:
         say(f"   redis-server  {stack.redis.url}")
         say(
             f"   Apache Kafka  {stack.kafka.bootstrap} (KRaft, single node; topics "

@@ -27,10 +27,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from cachebus.settings import Settings
 from devtools.local_kafka import LocalKafka
 from devtools.redis_cluster import RedisClusterServers
 from devtools.redis_server import RedisServer
+from worker.settings import WorkerSettings
 
 
 def _free_port() -> int:
@@ -40,7 +40,7 @@ def _free_port() -> int:
         return port
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
+def settings_env(settings: WorkerSettings) -> dict[str, str]:
     """The CACHEBUS_* environment that reproduces ``settings`` in another process."""
     env = {}
     for f in fields(settings):
@@ -56,7 +56,7 @@ class WorkerProcess:
     """One ``cachebus worker`` subprocess."""
 
     name: str
-    settings: Settings
+    settings: WorkerSettings
     log_path: Path
     proc: subprocess.Popen[bytes] = field(repr=False)
 
@@ -103,7 +103,7 @@ class LocalStack:
         *,
         redis: RedisServer | RedisClusterServers | None = None,
         kafka: LocalKafka | None = None,
-        settings: Settings | None = None,
+        settings: WorkerSettings | None = None,
         log_dir: Path | None = None,
     ) -> None:
         self._own_redis = redis is None
@@ -113,7 +113,7 @@ class LocalStack:
         self._base = settings
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="cachebus-stack-"))
         self.workers: list[WorkerProcess] = []
-        self.settings = Settings()
+        self.settings = WorkerSettings()
 
     def start(self) -> LocalStack:
         from worker.kafka import ensure_topics
@@ -122,7 +122,7 @@ class LocalStack:
             self.redis.start()
         if self._own_kafka:
             self.kafka.start()
-        base = self._base or Settings()
+        base = self._base or WorkerSettings()
         self.settings = base.with_(
             redis_url=self.redis.url,
             redis_cluster=isinstance(self.redis, RedisClusterServers),

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from cachebus.settings import Settings
 from devtools.stack import document_event
+from worker.settings import WorkerSettings
 
 # --------------------------------------------------------------------------- traffic
 
@@ -92,7 +92,7 @@ class SteadyProducer(threading.Thread):
 
     def __init__(
         self,
-        settings: Settings,
+        settings: WorkerSettings,
         events: Iterable[Mapping[str, Any]],
         rate: float,
         *,

@@ -31,12 +31,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cachebus.settings import Settings
 from devtools.audit_check import AuditChecker, check_marks, collect_audits
 from devtools.fault_report import cpu_seconds, rss_kb
 from devtools.redis_servers import RedisServer
 from devtools.stack import LocalStack, WorkerProcess
 from devtools.traffic import DocumentTraffic, SteadyProducer
+from worker.settings import WorkerSettings
 
 FAULTS = ("worker SIGKILL + restart", "Redis suspended 3 s", "worker SIGTERM + restart")
 
@@ -166,7 +166,7 @@ class Soak:
 
     def run(self) -> Report:
         args = self.args
-        settings = Settings(
+        settings = WorkerSettings(
             prefix="soak",
             events_topic="soak.events",
             audit_topic="soak.audit",

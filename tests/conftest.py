@@ -27,10 +27,10 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-from cachebus.settings import Settings
 from devtools.kafka_broker import LocalKafka
 from devtools.redis_servers import RedisClusterServers, RedisServer
 from devtools.stack import LocalStack
+from worker.settings import WorkerSettings
 
 _STANDALONE_FIXTURES = frozenset({"redis_server", "redis_client", "async_redis_client"})
 _CLUSTER_FIXTURES = frozenset({"redis_cluster", "cluster_client", "async_cluster_client"})
@@ -178,7 +178,7 @@ def stack(
     The test server is flushed first (test servers only; library code never flushes).
     """
     uid = uuid.uuid4().hex[:8]
-    settings = Settings(
+    settings = WorkerSettings(
         prefix=f"e{uid}",
         events_topic=f"events-{uid}",
         audit_topic=f"audit-{uid}",
@@ -202,7 +202,7 @@ def cluster_stack(
 ) -> Iterator[LocalStack]:
     """Like ``stack``, with the 3-primary Redis Cluster as the cache."""
     uid = uuid.uuid4().hex[:8]
-    settings = Settings(
+    settings = WorkerSettings(
         prefix=f"e{uid}",
         events_topic=f"events-{uid}",
         audit_topic=f"audit-{uid}",

@@ -38,7 +38,6 @@ from faust.types import EventT
 from cachebus.connection import connect_async
 from cachebus.errors import ConfigError
 from cachebus.runner import AsyncClient
-from cachebus.settings import Settings
 
 from . import metrics
 from .applier import Applier
@@ -54,16 +53,17 @@ from .lifecycle import (
 from .monitor import Monitor, MonitorConfig
 from .processor import Processor
 from .rules import Rules, load_rules
+from .settings import WorkerSettings
 from .web import HealthState
 
 log = structlog.get_logger("cachebus.worker")
 
 
-def worker_id(settings: Settings) -> str:
+def worker_id(settings: WorkerSettings) -> str:
     return settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def broker_credentials(settings: Settings) -> Any:
+def broker_credentials(settings: WorkerSettings) -> Any:
     from .kafka import client_config
 
     config = client_config(settings)
@@ -93,7 +93,7 @@ def record_of(event: EventT[Any]) -> SourceRecord:
 
 
 def faust_app(
-    settings: Settings, wid: str, datadir: Path | None = None
+    settings: WorkerSettings, wid: str, datadir: Path | None = None
 ) -> tuple[faust.App, Any]:
     """The faust app with the worker's settings and its events topic (raw bytes in:
     validation against the JSON Schema is ours, at the edge)."""
@@ -143,7 +143,7 @@ def kafka_state(app: Any) -> tuple[str | None, int]:
     return None, partitions
 
 
-def check_config(settings: Settings) -> tuple[Rules, MonitorConfig]:
+def check_config(settings: WorkerSettings) -> tuple[Rules, MonitorConfig]:
     """Everything that can be checked without connecting: the rules file, the
     monitor's settings, Kafka's security settings and TLS files, the Redis URL.
 
@@ -167,7 +167,7 @@ def check_config(settings: Settings) -> tuple[Rules, MonitorConfig]:
 
 
 def create_app(
-    settings: Settings,
+    settings: WorkerSettings,
     rules: Rules | None = None,
     *,
     client: AsyncClient | None = None,

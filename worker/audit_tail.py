@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TextIO, TypeVar
 
 from cachebus.errors import ConfigError
-from cachebus.settings import Settings
 
 from .audit_event import render_audit
+from .settings import WorkerSettings
 
 T = TypeVar("T")
 METADATA_ATTEMPTS = 5
@@ -168,7 +168,7 @@ async def partitions_of(consumer: Any, topic: str) -> list[int] | None:
     return sorted(partitions) if partitions else None
 
 
-async def topic_partitions(settings: Settings, topic: str) -> list[int] | None:
+async def topic_partitions(settings: WorkerSettings, topic: str) -> list[int] | None:
     """:func:`partitions_of` with a consumer of its own."""
     from aiokafka import AIOKafkaConsumer
 
@@ -188,7 +188,7 @@ async def topic_partitions(settings: Settings, topic: str) -> list[int] | None:
 
 
 async def audit_tail(
-    settings: Settings,
+    settings: WorkerSettings,
     options: TailOptions,
     *,
     out: TextIO,
@@ -395,7 +395,7 @@ def options_from(args: argparse.Namespace) -> TailOptions:
     )
 
 
-def run(settings: Settings, args: argparse.Namespace, out: TextIO | None = None) -> int:
+def run(settings: WorkerSettings, args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``cachebus audit tail``: exit 0, also when stopped by Ctrl-C or SIGTERM."""
     options = options_from(args)
     stream = out or sys.stdout

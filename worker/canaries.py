@@ -15,12 +15,12 @@ from typing import Any
 from cachebus.errors import CacheBusError
 from cachebus.keys import encode_part
 from cachebus.rerank_scores import AsyncRerankScoreCache
-from cachebus.settings import Settings
 
 from .audit import SourceRecord
 from .events import parse_event
 from .monitor_config import MAX_ARM_PER_BATCH, MonitorConfig
 from .monitor_stats import CANARIES, MonitorStats
+from .settings import WorkerSettings
 
 
 @dataclass(slots=True, eq=False)
@@ -57,7 +57,7 @@ class CanarySampler(MonitorStats):
     A base of :class:`~worker.monitor.Monitor`."""
 
     config: MonitorConfig
-    settings: Settings
+    settings: WorkerSettings
     cache: AsyncRerankScoreCache
     worker_id: str
     ttl: int

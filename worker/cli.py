@@ -35,10 +35,11 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from cachebus.errors import CacheBusError, ConfigError
-from cachebus.settings import Settings, check_kafka_files, redact_url
+from cachebus.settings import redact_url
 
 from .audit_tail import format_audit as format_audit
 from .commands import COMMAND_MODULES as COMMAND_MODULES
+from .settings import WorkerSettings, check_kafka_files
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -65,13 +66,13 @@ REDIS_COMMANDS: Final = frozenset({"worker", "replay", "stats", "warm", "gc", "v
 KAFKA_COMMANDS: Final = frozenset({"worker", "publish", "audit", "replay", "stats"})
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace) -> WorkerSettings:
     overrides: dict[str, Any] = {}
     for name in ("kafka_bootstrap", "redis_url", "prefix", "rules_file", "consumer_group"):
         value = getattr(args, name, None)
         if value:
             overrides[name] = value
-    return Settings.from_env(**overrides)
+    return WorkerSettings.from_env(**overrides)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +133,7 @@ def check_redis_url(url: str) -> None:
         )
 
 
-def _preflight(command: str, args: argparse.Namespace, settings: Settings) -> None:
+def _preflight(command: str, args: argparse.Namespace, settings: WorkerSettings) -> None:
     if command in WORKER_COMMANDS:
         missing = missing_worker_modules()
         if missing:
@@ -146,7 +147,7 @@ def _preflight(command: str, args: argparse.Namespace, settings: Settings) -> No
 # -- errors ------------------------------------------------------------------
 
 
-def _secrets(settings: Settings | None) -> list[str]:
+def _secrets(settings: WorkerSettings | None) -> list[str]:
     if settings is None:
         return []
     found = [settings.kafka_sasl_password]
@@ -156,7 +157,7 @@ def _secrets(settings: Settings | None) -> list[str]:
     return [s for s in found if len(s) >= 3]
 
 
-def describe_error(exc: BaseException, settings: Settings | None, command: str) -> str:
+def describe_error(exc: BaseException, settings: WorkerSettings | None, command: str) -> str:
     """One line for an error: what failed and, where it helps, what to check. Secrets
     (the Redis password, Kafka's SASL password) are replaced by ``***``."""
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").partition(".")[0] in (
@@ -180,7 +181,7 @@ def describe_error(exc: BaseException, settings: Settings | None, command: str) 
     return " ".join(text.split())
 
 
-def _kafka_error(exc: BaseException, settings: Settings | None) -> str:
+def _kafka_error(exc: BaseException, settings: WorkerSettings | None) -> str:
     where = f" at {settings.kafka_bootstrap}" if settings is not None else ""
     name = type(exc).__name__
     text = str(exc)
@@ -245,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+def _dispatch(args: argparse.Namespace, settings: WorkerSettings) -> int:
     code: int = args.run(settings, args)
     return code
 
@@ -256,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = str(args.command)
     if command != "worker":  # the worker configures its own (JSON) logs
         _configure_logging(debug)
-    settings: Settings | None = None
+    settings: WorkerSettings | None = None
     try:
         settings = _settings(args)
         _preflight(command, args, settings)

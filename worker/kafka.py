@@ -1,5 +1,5 @@
 """Kafka plumbing shared by the worker, the CLI and replay: client security
-settings from the one settings object, and topic creation."""
+settings from :class:`~worker.settings.WorkerSettings`, and topic creation."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, Final
 
 from cachebus.errors import ConfigError
-from cachebus.settings import Settings
+
+from .settings import WorkerSettings
 
 
-def client_config(settings: Settings) -> dict[str, Any]:
+def client_config(settings: WorkerSettings) -> dict[str, Any]:
     """aiokafka keyword arguments for security (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL)."""
     protocol = settings.kafka_security_protocol.upper()
     if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
@@ -35,7 +36,7 @@ OVERSIZE_HEADROOM: Final = 1024 * 1024
 """The events topic accepts records this much larger than ``max_event_bytes``."""
 
 
-def events_topic_configs(settings: Settings) -> dict[str, str]:
+def events_topic_configs(settings: WorkerSettings) -> dict[str, str]:
     """Topic configs of a created events topic. ``max.message.bytes`` is above
     ``max_event_bytes`` (by :data:`OVERSIZE_HEADROOM`): with the broker's default
     (about 1 MB) a record over the worker's limit would be refused when produced, and
@@ -44,7 +45,7 @@ def events_topic_configs(settings: Settings) -> dict[str, str]:
     return {"max.message.bytes": str(settings.max_event_bytes + OVERSIZE_HEADROOM)}
 
 
-async def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
+async def ensure_topics(settings: WorkerSettings, timeout: float = 30.0) -> None:
     """Create the events, audit and dead-letter topics when missing (the events topic
     with :func:`events_topic_configs`). Existing topics are left as they are."""
     parts = settings.topic_partitions
@@ -64,7 +65,7 @@ KAFKA_ATTEMPT_TIMEOUT: Final = 10.0
 """Startup: one attempt (bootstrap, create topics, leaders elected) gives up after this."""
 
 
-async def wait_for_topics(settings: Settings, stop: asyncio.Event, log: Any) -> bool:
+async def wait_for_topics(settings: WorkerSettings, stop: asyncio.Event, log: Any) -> bool:
     """Startup: :func:`ensure_topics` until it succeeds (True) or ``stop`` is set
     (False, at once, whatever is in progress). One log line per failed attempt,
     the wait doubling from ``KAFKA_RETRY_START`` to ``KAFKA_RETRY_MAX`` seconds."""

@@ -20,11 +20,10 @@ from typing import Any, Final, NoReturn
 import structlog
 from faust.types import EventT
 
-from cachebus.settings import Settings
-
 from .audit import SourceRecord
 from .monitor import BatchSample
 from .processor import Outbound
+from .settings import WorkerSettings
 from .web import HealthState
 
 log = structlog.get_logger("cachebus.worker")
@@ -76,7 +75,7 @@ EXIT_STOP_DEADLINE: Final = 75
 DATA_DIR_ENV: Final = "CACHEBUS_DATA_DIR"
 
 
-def data_dir(settings: Settings, name: str | None = None) -> Path:
+def data_dir(settings: WorkerSettings, name: str | None = None) -> Path:
     """faust's data directory: ``$CACHEBUS_DATA_DIR`` if set, else
     ``<tmp>/cachebus-faust-<name>`` with ``name`` = ``CACHEBUS_WORKER_ID`` or the host
     name: the same directory on every restart (never the pid). faust keeps nothing

@@ -76,7 +76,6 @@ from cachebus.commands import Call
 from cachebus.keys import KeyScheme
 from cachebus.rerank_scores import AsyncRerankScoreCache
 from cachebus.runner import AsyncClient, AsyncRunner
-from cachebus.settings import Settings
 
 from .audit import SourceRecord
 from .canaries import BatchSample as BatchSample
@@ -99,6 +98,7 @@ from .monitor_schedule import Schedule as Schedule
 from .monitor_schedule import invalidates_doc as invalidates_doc
 from .monitor_schedule import safe_doc_id as safe_doc_id
 from .monitor_stats import CANARIES, MonitorCounts
+from .settings import WorkerSettings
 from .verify import BUCKET_SECONDS as BUCKET_SECONDS
 from .verify import BUCKETS_SCRIPT as BUCKETS_SCRIPT
 from .verify import DEFAULT_WINDOW as DEFAULT_WINDOW
@@ -126,7 +126,7 @@ class Monitor(CanarySampler):
     def __init__(
         self,
         client: AsyncClient,
-        settings: Settings,
+        settings: WorkerSettings,
         config: MonitorConfig,
         *,
         worker_id: str,

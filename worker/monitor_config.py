@@ -16,7 +16,7 @@ from cachebus.settings import Settings
 
 from .verify import BUCKET_SECONDS, ENV_SAMPLE_RATE, RETENTION_MINUTES
 
-# -- settings (read here until they move into cachebus.settings.Settings) ----------
+# -- settings (read here until they move into worker.settings.WorkerSettings) ------
 
 ENV_CHECK_AFTER: Final = "CACHEBUS_MONITOR_CHECK_AFTER"
 ENV_MAX_PENDING: Final = "CACHEBUS_MONITOR_MAX_PENDING"
@@ -86,7 +86,7 @@ def parse_offsets(raw: str, name: str = ENV_CHECK_AFTER) -> tuple[float, ...]:
 @dataclass(frozen=True, slots=True)
 class MonitorConfig:
     """The monitor's settings (``CACHEBUS_MONITOR_*``; they belong in
-    :class:`cachebus.settings.Settings` once the lead moves them there)."""
+    :class:`worker.settings.WorkerSettings` once the lead moves them there)."""
 
     sample_rate: float = DEFAULT_SAMPLE_RATE
     """Share of events whose document gets a canary (0: the monitor is off)."""

@@ -20,7 +20,6 @@ from cachebus.errors import (
     RedisFullError,
 )
 from cachebus.keys import KeyScheme
-from cachebus.settings import Settings
 
 from . import metrics
 from .applier import Applier
@@ -31,6 +30,7 @@ from .events import DocumentEvent, parse_event
 from .planner import Plan, plan
 from .results import Applied, ApplyResult, DeadLettered
 from .rules import Rules
+from .settings import WorkerSettings
 from .web import HealthState
 
 log = structlog.get_logger("cachebus.worker")
@@ -78,7 +78,7 @@ class Processor:
     def __init__(
         self,
         applier: Applier | None,
-        settings: Settings,
+        settings: WorkerSettings,
         rules: Rules,
         *,
         worker_id: str,

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from cachebus.connection import connect_async
 from cachebus.errors import ConfigError
-from cachebus.settings import Settings
 
 from .errors import ReplayRefused as ReplayRefused
 from .kafka import client_config
 from .rules import load_rules
+from .settings import WorkerSettings
 
 if TYPE_CHECKING:
     from .applier import Applier
@@ -72,7 +72,7 @@ class ReplayReport:
         return "\n".join(lines)
 
 
-async def live_members(settings: Settings, group: str) -> int:
+async def live_members(settings: WorkerSettings, group: str) -> int:
     """How many members the consumer group has right now (0 if it does not exist)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -109,7 +109,7 @@ def _progress_bar(total: int, enabled: bool, out: TextIO) -> Any:
 
 
 async def replay(
-    settings: Settings,
+    settings: WorkerSettings,
     options: ReplayOptions,
     *,
     out: TextIO = sys.stderr,
@@ -287,7 +287,7 @@ def register(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) ->
     p.set_defaults(run=_run)
 
 
-def _run(settings: Settings, args: argparse.Namespace) -> int:
+def _run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     options = ReplayOptions(
         from_time=_parse_time(args.from_time) if args.from_time else None,
         from_offset=args.from_offset,

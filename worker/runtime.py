@@ -18,7 +18,6 @@ from redis.exceptions import RedisError
 
 from cachebus.connection import connect_async
 from cachebus.errors import ConfigError
-from cachebus.settings import Settings
 
 from .app import check_config, create_app, kafka_state
 from .lifecycle import (
@@ -28,6 +27,7 @@ from .lifecycle import (
     Lifecycle,
     consumer_thread_dead,
 )
+from .settings import WorkerSettings
 from .web import HealthState, WebServer, start_web
 
 log = structlog.get_logger("cachebus.worker")
@@ -134,7 +134,7 @@ class CachebusWorker(faust.Worker):
         await self._on_stopped()
 
 
-def run(settings: Settings) -> NoReturn:
+def run(settings: WorkerSettings) -> NoReturn:
     """Check the configuration, start the health server, wait for Kafka (creating
     the topics if missing), then run the worker until SIGTERM/SIGINT. Exits with
     ``EXIT_STOPPED`` (0), ``EXIT_CONFIG`` (2), ``EXIT_UNEXPECTED`` (70) or

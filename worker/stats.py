@@ -28,8 +28,8 @@ from cachebus.bus import info_per_node, used_memory
 from cachebus.connection import connect
 from cachebus.keys import KeyScheme
 from cachebus.runner import SyncClient, SyncRunner, translate
-from cachebus.settings import Settings
 
+from .settings import WorkerSettings
 from .verify import DEFAULT_WINDOW, parse_window, read_consistency
 
 LAYERS: tuple[tuple[str, str], ...] = tuple((s.key_segment, s.name) for s in registry.LAYERS)
@@ -174,14 +174,14 @@ def eviction(memory: list[dict[str, Any]], stats: list[dict[str, Any]]) -> dict[
 # -- Kafka -------------------------------------------------------------------
 
 
-async def consumer_lag(settings: Settings, *, timeout: float = 10.0) -> ConsumerLag:
+async def consumer_lag(settings: WorkerSettings, *, timeout: float = 10.0) -> ConsumerLag:
     """End offsets of ``settings.events_topic`` minus the committed offsets of
     ``settings.consumer_group``. Raises on any Kafka error or after ``timeout``.
     Never creates the topic (metadata is read for all topics, not requested by name)."""
     return await asyncio.wait_for(_consumer_lag(settings, timeout), timeout)
 
 
-async def _consumer_lag(settings: Settings, timeout: float) -> ConsumerLag:
+async def _consumer_lag(settings: WorkerSettings, timeout: float) -> ConsumerLag:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -225,7 +225,7 @@ async def _consumer_lag(settings: Settings, timeout: float) -> ConsumerLag:
 
 
 def collect(
-    settings: Settings,
+    settings: WorkerSettings,
     client: SyncClient,
     *,
     sample_size: int = SAMPLE_SIZE,
@@ -267,7 +267,7 @@ def collect(
     return report
 
 
-def kafka_report(settings: Settings, timeout: float) -> dict[str, Any]:
+def kafka_report(settings: WorkerSettings, timeout: float) -> dict[str, Any]:
     """The lag as data, or ``{"available": false, "error": ...}``."""
     base = {"topic": settings.events_topic, "group": settings.consumer_group}
     try:
@@ -380,7 +380,7 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
     p.set_defaults(run=run)
 
 
-def run(settings: Settings, args: argparse.Namespace, out: TextIO | None = None) -> int:
+def run(settings: WorkerSettings, args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Print the stats; exit 0 unless Redis cannot be read (that raises
     :class:`~cachebus.errors.CacheUnavailableError`, exit 2 in the CLI)."""
     out = out or sys.stdout

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from cachebus.settings import Settings
 from devtools.kafka_broker import LocalKafka
 from devtools.stack import document_event
 from worker.audit_tail import topic_partitions
 from worker.kafka import acreate_topics
+from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -195,7 +195,7 @@ def test_tail_of_a_missing_topic_does_not_create_it(kafka_broker: LocalKafka) ->
         f"cachebus: audit topic {topic!r} does not exist at {kafka_broker.bootstrap} (the "
         "worker creates it when it starts; check CACHEBUS_AUDIT_TOPIC)"
     ]
-    settings = Settings(kafka_bootstrap=kafka_broker.bootstrap)
+    settings = WorkerSettings(kafka_bootstrap=kafka_broker.bootstrap)
     assert asyncio.run(topic_partitions(settings, topic)) is None
 
 
@@ -212,7 +212,7 @@ def test_publish_creates_a_missing_topic_with_the_configured_partitions(
     assert result.returncode == 0, result.stderr
     assert f"created topic {topic} with 4 partitions" in result.stderr
     assert f"published 20 events to {topic}" in result.stdout
-    settings = Settings(kafka_bootstrap=kafka_broker.bootstrap)
+    settings = WorkerSettings(kafka_bootstrap=kafka_broker.bootstrap)
     assert asyncio.run(topic_partitions(settings, topic)) == [0, 1, 2, 3]
     again = subprocess.run(cmd, input=events, capture_output=True, text=True, cwd=ROOT, env=env,
                            timeout=60)

@@ -29,7 +29,6 @@ from cachebus.commands import Call, EachPrimary
 from cachebus.errors import ConfigError, DurabilityError, RedisFullError
 from cachebus.invalidation import AsyncInvalidator, Invalidator
 from cachebus.keys import KeyScheme, Tag
-from cachebus.settings import Settings
 from cachebus.tags import DocumentInvalidation
 from consistency.servers import ReplicatedRedis, TcpProxy
 from devtools.redis_servers import RedisServer
@@ -38,11 +37,12 @@ from worker.applier import Applier
 from worker.audit import SourceRecord
 from worker.processor import Processor
 from worker.rules import load_rules
+from worker.settings import WorkerSettings
 from worker.web import HealthState, start_web
 
 pytestmark = pytest.mark.redis
 
-S = Settings(prefix="cb")
+S = WorkerSettings(prefix="cb")  # the library APIs and the worker's Processor
 KEYS = KeyScheme("cb")
 RULES = load_rules(None)
 

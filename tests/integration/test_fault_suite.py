@@ -31,13 +31,13 @@ from typing import Any
 
 import pytest
 
-from cachebus.settings import Settings
 from devtools.audit_check import AuditChecker, check_marks, collect_audits
 from devtools.fault_report import FaultRow, markdown_table
 from devtools.kafka_broker import LocalKafka
 from devtools.redis_servers import RedisServer
 from devtools.stack import LocalStack
 from devtools.traffic import SteadyProducer, last_versions, stream
+from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,9 @@ def fault_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Faul
     log.warning("fault table written to %s", path)
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(**overrides: object) -> WorkerSettings:
     uid = uuid.uuid4().hex[:8]
-    base = Settings(
+    base = WorkerSettings(
         prefix=f"f{uid}",
         events_topic=f"events-{uid}",
         audit_topic=f"audit-{uid}",

@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 
 from cachebus import CacheBus, SearchHit, Tag
-from cachebus.settings import Settings
 from devtools.kafka_broker import LocalKafka
 from devtools.redis_servers import RedisServer
 from devtools.stack import LocalStack, document_event
@@ -46,6 +45,7 @@ from tests.hostile_more import (
     Case,
 )
 from worker.events import peek_field
+from worker.settings import WorkerSettings
 
 V = np.ones(8, dtype=np.float32)
 
@@ -76,7 +76,7 @@ class Run:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-async def _publish_raw(settings: Settings, values: Sequence[bytes | None]) -> list[int]:
+async def _publish_raw(settings: WorkerSettings, values: Sequence[bytes | None]) -> list[int]:
     """Publish in order, one record at a time (None = a record without value);
     return their offsets."""
     from aiokafka import AIOKafkaProducer
@@ -122,7 +122,7 @@ def run(
     redis_server: RedisServer, kafka_broker: LocalKafka, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Run]:
     uid = uuid.uuid4().hex[:8]
-    settings = Settings(
+    settings = WorkerSettings(
         prefix=f"h{uid}", events_topic=f"events-{uid}", audit_topic=f"audit-{uid}",
         dlq_topic=f"dlq-{uid}", consumer_group=f"group-{uid}", batch_wait_ms=10,
     )

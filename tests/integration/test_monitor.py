@@ -32,7 +32,6 @@ import redis.asyncio
 from cachebus.acl import acl_rules
 from cachebus.keys import KeyScheme, Tag
 from cachebus.runner import AsyncClient
-from cachebus.settings import Settings
 from devtools.redis_servers import LOOPBACK, RedisServer
 from devtools.stack import LocalStack, WorkerProcess, document_event, settings_env
 from worker.applier import Applier
@@ -40,6 +39,7 @@ from worker.audit import SourceRecord
 from worker.monitor import CANARY_MODEL, Monitor, MonitorConfig, aread_consistency
 from worker.processor import Outbound, Processor
 from worker.rules import load_rules
+from worker.settings import WorkerSettings
 
 RULES = load_rules(None)
 OFFSETS = (0.0, 5.0, 60.0)
@@ -56,7 +56,7 @@ class FakeClock:
 class Harness:
     """The agent's calls, in process: before -> process -> (audits) commit -> after."""
 
-    def __init__(self, client: AsyncClient, settings: Settings, **config: Any) -> None:
+    def __init__(self, client: AsyncClient, settings: WorkerSettings, **config: Any) -> None:
         self.clock = FakeClock()
         self.settings = settings
         self.proc = Processor(Applier(client, settings), settings, RULES, worker_id="w-test")
@@ -93,9 +93,9 @@ class Harness:
         await self.monitor.step()
 
 
-def _settings(client: Any, **extra: Any) -> Settings:
+def _settings(client: Any, **extra: Any) -> WorkerSettings:
     cluster = isinstance(client, redis.asyncio.cluster.RedisCluster)
-    return Settings(prefix=f"m{uuid.uuid4().hex[:8]}", redis_cluster=cluster, **extra)
+    return WorkerSettings(prefix=f"m{uuid.uuid4().hex[:8]}", redis_cluster=cluster, **extra)
 
 
 async def _canary_keys(client: Any, prefix: str) -> list[bytes]:
@@ -206,7 +206,7 @@ async def test_monitor_needs_no_grant_beyond_the_worker_role(redis_server: Redis
         host=redis_server.host, port=redis_server.port, username=user, password=password
     )
     try:
-        h = Harness(client, Settings(prefix=prefix))
+        h = Harness(client, WorkerSettings(prefix=prefix))
         docs = ["a", "b", "c"]
         await h.batch(_events("created", docs, 1))
         await h.batch(_events("updated", docs, 2))
@@ -262,7 +262,7 @@ async def test_failover_to_a_lagging_replica(replicated: Any, durable: bool) -> 
     own; every check passes."""
     pair, front = replicated
     extra = {"durability_replicas": 1, "durability_timeout_ms": 200} if durable else {}
-    settings = Settings(prefix="f", **extra)
+    settings = WorkerSettings(prefix="f", **extra)
     client = redis.asyncio.Redis(host=LOOPBACK, port=front.port)
     new_replica: RedisServer | None = None
     try:

@@ -15,7 +15,7 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[2]
 READ_SETTINGS = (
-    "from cachebus.settings import Settings; s = Settings.from_env(); "
+    "from worker.settings import WorkerSettings; s = WorkerSettings.from_env(); "
     "print(s.redis_url); print(s.kafka_bootstrap)"
 )
 
@@ -50,7 +50,7 @@ def first_line_then_stop(
 
 
 def settings_after(line: str) -> list[str]:
-    """What Settings.from_env() reads in a shell that ran ``line``."""
+    """What WorkerSettings.from_env() reads in a shell that ran ``line``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEBUS_")}
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run(

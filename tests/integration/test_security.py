@@ -71,6 +71,7 @@ from worker.cli import _add_common
 from worker.commands import acl as acl_cli
 from worker.kafka import client_config, ensure_topics
 from worker.replay import ReplayOptions, replay
+from worker.settings import WorkerSettings
 
 PREFIX = "t"
 ADMIN = ("admin", "admin-secret")
@@ -868,9 +869,9 @@ def test_mutual_tls_with_client_certificate(
 # --------------------------------------------------------------------------- the worker
 
 
-def _stack_settings(**changes: Any) -> Settings:
+def _stack_settings(**changes: Any) -> WorkerSettings:
     uid = uuid.uuid4().hex[:8]
-    return Settings(
+    return WorkerSettings(
         prefix=PREFIX,
         events_topic=f"events-{uid}",
         audit_topic=f"audit-{uid}",
@@ -1024,9 +1025,9 @@ class SaslKafka:
     sasl_ssl: str
     ca_file: str
 
-    def settings(self, protocol: str, **changes: Any) -> Settings:
+    def settings(self, protocol: str, **changes: Any) -> WorkerSettings:
         bootstrap = self.sasl_ssl if protocol == "SASL_SSL" else self.sasl_plaintext
-        return Settings(
+        return WorkerSettings(
             kafka_bootstrap=bootstrap,
             kafka_security_protocol=protocol,
             kafka_sasl_mechanism="PLAIN",
@@ -1081,7 +1082,7 @@ def sasl_kafka(certs: Path) -> Iterator[SaslKafka]:
         broker.stop()
 
 
-async def _roundtrip(settings: Settings, topic: str) -> list[bytes]:
+async def _roundtrip(settings: WorkerSettings, topic: str) -> list[bytes]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     await ensure_topics(

@@ -29,6 +29,7 @@ from devtools.redis_servers import RedisServer
 from worker import cli
 from worker import stats as stats_command
 from worker.kafka import acreate_topics
+from worker.settings import WorkerSettings
 
 PREFIX = "st"
 COUNTS = {"qe": 30, "de": 7, "sr": 12, "rr": 5, "ga": 4}
@@ -99,7 +100,7 @@ class TestRedisPart:
         """The report has counts, hit rates from the metrics store and used_memory."""
         populate(any_redis)
         publish(any_redis, PREFIX, "query_embeddings", {"hits": 3, "misses": 1})
-        report = stats_command.collect(Settings(prefix=PREFIX), any_redis, kafka=False)
+        report = stats_command.collect(WorkerSettings(prefix=PREFIX), any_redis, kafka=False)
         assert {seg: d["keys"] for seg, d in report["layers"].items()} == COUNTS
         assert report["layers"]["qe"]["hit_rate"] == 0.75
         assert report["layers"]["sr"]["hit_rate"] is None
@@ -129,7 +130,7 @@ class TestRedisPart:
 
         set_policy("allkeys-lru")
         try:
-            report = stats_command.collect(Settings(prefix=PREFIX), any_redis, kafka=False)
+            report = stats_command.collect(WorkerSettings(prefix=PREFIX), any_redis, kafka=False)
         finally:
             set_policy("noeviction")
         evict = report["redis_eviction"]
@@ -211,7 +212,7 @@ class TestConsumerLag:
     ) -> None:
         """Per partition: end - committed; no commit: end - log start."""
         topic, group = lag_setup
-        settings = Settings(
+        settings = WorkerSettings(
             kafka_bootstrap=kafka_broker.bootstrap, events_topic=topic, consumer_group=group
         )
         lag = asyncio.run(stats_command.consumer_lag(settings))
@@ -224,7 +225,7 @@ class TestConsumerLag:
 
     def test_missing_topic_is_reported_not_created(self, kafka_broker: LocalKafka) -> None:
         """A topic that does not exist makes the lag unavailable (and is not auto-created)."""
-        settings = Settings(
+        settings = WorkerSettings(
             kafka_bootstrap=kafka_broker.bootstrap, events_topic=f"nope-{uuid.uuid4().hex[:8]}"
         )
         first = stats_command.kafka_report(settings, timeout=10)
@@ -243,7 +244,7 @@ class TestStatsCommand:
         """The command's run(): a table by default, JSON with --json, lag included."""
         topic, group = lag_setup
         populate(redis_client)
-        settings = Settings(
+        settings = WorkerSettings(
             prefix=PREFIX,
             redis_url=redis_server.url,
             kafka_bootstrap=kafka_broker.bootstrap,
@@ -265,7 +266,7 @@ class TestStatsCommand:
     ) -> None:
         """No Kafka: exit 0, the Redis part is printed and the lag said unavailable."""
         populate(redis_client)
-        settings = Settings(
+        settings = WorkerSettings(
             prefix=PREFIX,
             redis_url=redis_server.url,
             kafka_bootstrap=f"127.0.0.1:{_free_port()}",
@@ -277,7 +278,9 @@ class TestStatsCommand:
 
     def test_redis_unreachable_raises(self) -> None:
         """No Redis: CacheUnavailableError (the CLI exits 2)."""
-        settings = Settings(redis_url=f"redis://127.0.0.1:{_free_port()}/0", redis_timeout=0.5)
+        settings = WorkerSettings(
+            redis_url=f"redis://127.0.0.1:{_free_port()}/0", redis_timeout=0.5
+        )
         with pytest.raises(CacheUnavailableError):
             stats_command.run(settings, _args("--no-kafka"), out=io.StringIO())
 

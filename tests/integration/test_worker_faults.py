@@ -68,9 +68,9 @@ def test_redis_down_mid_stream(redis_server: RedisServer, kafka_broker: LocalKaf
     durable = RedisServer(use_env=False, extra_config=["appendonly yes", "appendfsync always"])
     durable.start()
     uid = str(time.time_ns())[-8:]
-    from cachebus.settings import Settings
+    from worker.settings import WorkerSettings
 
-    settings = Settings(
+    settings = WorkerSettings(
         prefix="f", events_topic=f"ev-{uid}", audit_topic=f"au-{uid}", dlq_topic=f"dl-{uid}",
         consumer_group=f"g-{uid}", redis_timeout=0.5, batch_wait_ms=10,
     )

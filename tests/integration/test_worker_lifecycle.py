@@ -32,11 +32,11 @@ from typing import Any, cast
 import pytest
 
 from cachebus.keys import KeyScheme
-from cachebus.settings import Settings
 from devtools.kafka_broker import LocalKafka
 from devtools.redis_servers import RedisServer
 from devtools.stack import LocalStack, WorkerProcess, by_event_id, document_event, settings_env
 from worker.lifecycle import EXIT_CONFIG, EXIT_STOPPED
+from worker.settings import WorkerSettings
 
 GRACE_S = 30.0
 """Kubernetes' default terminationGracePeriodSeconds: the limit every stop must meet."""
@@ -49,9 +49,9 @@ def _free_port() -> int:
         return port
 
 
-def _settings(**overrides: Any) -> Settings:
+def _settings(**overrides: Any) -> WorkerSettings:
     uid = uuid.uuid4().hex[:8]
-    return Settings(
+    return WorkerSettings(
         prefix=f"l{uid}",
         events_topic=f"events-{uid}",
         audit_topic=f"audit-{uid}",
@@ -122,7 +122,7 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-async def _committed(settings: Settings, partitions: int) -> dict[int, int]:
+async def _committed(settings: WorkerSettings, partitions: int) -> dict[int, int]:
     """The consumer group's committed offset per partition (absent: none)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -143,7 +143,7 @@ async def _committed(settings: Settings, partitions: int) -> dict[int, int]:
         await consumer.stop()
 
 
-def _spawn(settings: Settings, log_path: Path, **env: str) -> subprocess.Popen[bytes]:
+def _spawn(settings: WorkerSettings, log_path: Path, **env: str) -> subprocess.Popen[bytes]:
     """``python -m worker.cli worker`` with these settings, output to ``log_path``."""
     full = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1", **env}
     full.setdefault("CACHEBUS_MONITOR_SAMPLE_RATE", "0")
@@ -411,8 +411,8 @@ def test_data_dir_is_the_same_on_every_start(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.delenv("CACHEBUS_DATA_DIR", raising=False)
     base = Path(tempfile.gettempdir())
-    assert data_dir(Settings(worker_id="w-1")) == base / "cachebus-faust-w-1"
-    assert data_dir(Settings(worker_id="a/b c")) == base / "cachebus-faust-a_b_c"
-    assert data_dir(Settings()) == base / f"cachebus-faust-{socket.gethostname()}"
+    assert data_dir(WorkerSettings(worker_id="w-1")) == base / "cachebus-faust-w-1"
+    assert data_dir(WorkerSettings(worker_id="a/b c")) == base / "cachebus-faust-a_b_c"
+    assert data_dir(WorkerSettings()) == base / f"cachebus-faust-{socket.gethostname()}"
     monkeypatch.setenv("CACHEBUS_DATA_DIR", "/var/lib/cachebus")
-    assert data_dir(Settings(worker_id="w-1")) == Path("/var/lib/cachebus")
+    assert data_dir(WorkerSettings(worker_id="w-1")) == Path("/var/lib/cachebus")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cachebus.errors import CacheUnavailableError, ConfigError
-from cachebus.settings import Settings, check_kafka_files
 from worker import audit_tail, cli
+from worker.settings import WorkerSettings, check_kafka_files
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,7 +55,7 @@ def test_missing_extra_names_the_command_and_the_install() -> None:
 def test_kafka_errors_are_one_line_with_the_bootstrap() -> None:
     from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
-    settings = Settings(kafka_bootstrap="nosuchhost.invalid:9092")
+    settings = WorkerSettings(kafka_bootstrap="nosuchhost.invalid:9092")
     boot = KafkaConnectionError(
         "Unable to bootstrap from [('nosuchhost.invalid', 9092, <AddressFamily.AF_UNSPEC: 0>)]"
     )
@@ -69,7 +69,7 @@ def test_kafka_errors_are_one_line_with_the_bootstrap() -> None:
 
 
 def test_secrets_never_reach_the_line() -> None:
-    settings = Settings(
+    settings = WorkerSettings(
         redis_url="redis://app:hunter22@db:6379/0", kafka_sasl_password="kafka-pass-1"
     )
     for text in ("auth hunter22 refused", "sasl kafka-pass-1 refused"):
@@ -109,13 +109,15 @@ def test_good_redis_urls_pass(url: str) -> None:
 
 
 def test_kafka_cafile_is_checked_with_its_path(tmp_path: Path) -> None:
-    check_kafka_files(Settings())  # not set: nothing to check
+    check_kafka_files(WorkerSettings())  # not set: nothing to check
     with pytest.raises(ConfigError, match=r"CACHEBUS_KAFKA_SSL_CAFILE '/nope\.pem': no such file"):
-        check_kafka_files(Settings(kafka_security_protocol="SSL", kafka_ssl_cafile="/nope.pem"))
+        check_kafka_files(
+            WorkerSettings(kafka_security_protocol="SSL", kafka_ssl_cafile="/nope.pem")
+        )
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     with pytest.raises(ConfigError, match="no usable PEM CA certificate"):
-        check_kafka_files(Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=str(junk)))
+        check_kafka_files(WorkerSettings(kafka_security_protocol="SSL", kafka_ssl_cafile=str(junk)))
 
 
 def test_debug_flag_works_before_and_after_the_command() -> None:

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from cachebus.settings import Settings
+from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ class TestCompose:
     def test_worker_environment_names_are_settings(self) -> None:
         """Every CACHEBUS_* variable the compose file sets is a real setting."""
         names = set(re.findall(r"CACHEBUS_([A-Z0-9_]+)", (ROOT / "docker-compose.yml").read_text()))
-        fields = {f.name.upper() for f in dataclasses.fields(Settings)}
+        fields = {f.name.upper() for f in dataclasses.fields(WorkerSettings)}
         assert names and names <= fields, names - fields
 
 
@@ -67,7 +67,7 @@ class TestComposeServices:
 
     def test_worker_has_a_port_and_a_readiness_healthcheck(self) -> None:
         worker = _service("worker")
-        port = Settings().web_port
+        port = WorkerSettings().web_port
         assert f'- "127.0.0.1:{port}:{port}"' in worker
         assert "healthcheck:" in worker
         assert f"http://127.0.0.1:{port}/readyz" in worker
@@ -84,7 +84,7 @@ class TestDockerfile:
         assert self.TEXT.count("FROM ${PYTHON_IMAGE}") == 2  # both stages
 
     def test_exposes_the_web_port(self) -> None:
-        assert re.search(rf"^EXPOSE {Settings().web_port}$", self.TEXT, re.M)
+        assert re.search(rf"^EXPOSE {WorkerSettings().web_port}$", self.TEXT, re.M)
 
     def test_data_dir_is_fixed(self) -> None:
         """CACHEBUS_DATA_DIR: one faust data directory across restarts, writable."""

@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from cachebus.settings import Settings
+from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [
@@ -24,6 +25,8 @@ CODE = [
     *sorted((ROOT / "devtools").rglob("*.py")),  # the test services' variables
 ]
 VARIABLE = re.compile(r"\bCACHEBUS_[A-Z0-9_]*[A-Z0-9]\b")
+SETTINGS = (Settings, WorkerSettings)
+"""The library's settings and the worker's (a subclass adding its own fields)."""
 GENERATED = {"consistency-report.md"}
 """Reports written by a run: they quote what that run used."""
 
@@ -40,7 +43,7 @@ def documented() -> dict[str, list[str]]:
 
 def read_by_code() -> set[str]:
     """Variables the code reads: Settings fields (``CACHEBUS_<FIELD>``) and literal names."""
-    names = {f"CACHEBUS_{f.name.upper()}" for f in fields(Settings)}
+    names = {f"CACHEBUS_{f.name.upper()}" for cls in SETTINGS for f in fields(cls)}
     for path in CODE:
         names.update(VARIABLE.findall(path.read_text(encoding="utf-8")))
     return names
@@ -59,7 +62,8 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     missing = [
         f"CACHEBUS_{f.name.upper()}"
-        for f in fields(Settings)
+        for cls in SETTINGS
+        for f in fields(cls)
         if f"CACHEBUS_{f.name.upper()}" not in readme
     ]
     assert not missing, f"settings missing from the README's configuration table: {missing}"

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from cachebus.settings import Settings
 from tests.hostile_events import MAX_BYTES, encode, valid_event
 from worker.audit import SourceRecord
 from worker.errors import InvalidEventError
 from worker.events import parse_event
 from worker.processor import Outbound, Processor
 from worker.rules import load_rules
+from worker.settings import WorkerSettings
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 DLQ_SCHEMA = Draft202012Validator(
@@ -30,7 +30,7 @@ def rec(value: bytes, key: bytes | None, offset: int) -> SourceRecord:
 
 
 async def process(*records: SourceRecord) -> Outbound:
-    processor = Processor(None, Settings(), load_rules(), worker_id="w:1", dry_run=True)
+    processor = Processor(None, WorkerSettings(), load_rules(), worker_id="w:1", dry_run=True)
     return await processor.process(list(records))
 
 

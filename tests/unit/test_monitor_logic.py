@@ -11,7 +11,6 @@ import redis.asyncio
 
 from cachebus.errors import ConfigError
 from cachebus.keys import KeyScheme
-from cachebus.settings import Settings
 from devtools.stack import document_event
 from worker.audit import SourceRecord
 from worker.monitor import (
@@ -31,6 +30,7 @@ from worker.monitor import (
     window_minutes,
 )
 from worker.processor import Outbound
+from worker.settings import WorkerSettings
 
 # -- settings ----------------------------------------------------------------------
 
@@ -79,11 +79,11 @@ def test_config_refuses_bad_values_naming_the_variable(name: str, raw: str, mess
 
 
 def test_canary_ttl_covers_the_last_check_or_refuses() -> None:
-    settings = Settings()
+    settings = WorkerSettings()
     assert MonitorConfig().canary_ttl(settings) == settings.rerank_scores_ttl  # 600 > 300 + 60
     late = MonitorConfig(check_after=(0.0, 3600.0))
     assert late.canary_ttl(settings) == 3660
-    tight = Settings(
+    tight = WorkerSettings(
         stamp_ttl=2000,
         document_embedding_ttl=1000,
         search_results_ttl=600,
@@ -267,7 +267,7 @@ def _monitor(**config: Any) -> Monitor:
     client = redis.asyncio.Redis()  # never connected: only bookkeeping runs here
     return Monitor(
         client,
-        Settings(prefix="u"),
+        WorkerSettings(prefix="u"),
         MonitorConfig(**{"sample_rate": 1.0, **config}),
         worker_id="w",
         rng=random.Random(1),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from cachebus import ConfigError, Settings
 from cachebus.services import check_model
 from cachebus.settings import redact_url
+from worker.settings import WorkerSettings
 
 
 class TestSafeTtls:
@@ -52,13 +55,33 @@ class TestSafeTtls:
 
 class TestSecrets:
     def test_repr_hides_passwords(self) -> None:
-        s = Settings(
+        """Both secrets, the Redis URL's password and Kafka's SASL password (a worker
+        setting), are hidden in the worker's settings."""
+        s = WorkerSettings(
             redis_url="redis://worker:s3cr3t@redis:6379/0", kafka_sasl_password="k@fka-pw"
         )
         text = repr(s)
+        assert text.startswith("WorkerSettings(")
         assert "s3cr3t" not in text and "k@fka-pw" not in text
         assert "redis://worker:***@redis:6379/0" in text and "kafka_sasl_password='***'" in text
         assert str(s) == text
+
+    def test_library_repr_hides_the_redis_password(self) -> None:
+        s = Settings(redis_url="rediss://:s3cr3t@redis:6380/0")
+        text = repr(s)
+        assert text.startswith("Settings(") and "s3cr3t" not in text
+        assert "rediss://:***@redis:6380/0" in text
+        assert str(s) == text
+
+    def test_repr_of_settings_from_env_hides_both_passwords(self) -> None:
+        s = WorkerSettings.from_env(
+            {
+                "CACHEBUS_REDIS_URL": "redis://u:s3cr3t@redis/0",
+                "CACHEBUS_KAFKA_SASL_PASSWORD": "k@fka-pw",
+            }
+        ).with_(batch_max=7)
+        text = repr(s)
+        assert "s3cr3t" not in text and "k@fka-pw" not in text and "batch_max=7" in text
 
     @pytest.mark.parametrize(
         ("url", "shown"),
@@ -71,6 +94,119 @@ class TestSecrets:
     )
     def test_redact_url(self, url: str, shown: str) -> None:
         assert redact_url(url) == shown
+
+
+WORKER_FIELDS = {
+    "kafka_bootstrap",
+    "kafka_security_protocol",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "kafka_ssl_cafile",
+    "events_topic",
+    "audit_topic",
+    "dlq_topic",
+    "topic_partitions",
+    "consumer_group",
+    "kafka_session_timeout",
+    "max_event_bytes",
+    "batch_max",
+    "batch_wait_ms",
+    "worker_id",
+    "web_port",
+    "log_level",
+}
+
+
+class TestLibraryAndWorkerSettings:
+    """The library's settings hold only what the library reads; the worker's add Kafka,
+    topics, batching and the web port on top (as arq keeps ``RedisSettings`` apart)."""
+
+    def test_library_settings_have_no_worker_fields(self) -> None:
+        library = {f.name for f in fields(Settings)}
+        assert not library & WORKER_FIELDS
+        assert not any(
+            name.startswith("kafka_") or name.endswith("_topic") or name.startswith("web_")
+            for name in library
+        ), library
+        assert {"redis_url", "prefix", "rules_file", "lease_ms", "strict"} <= library
+
+    def test_worker_settings_are_library_settings_plus_the_worker_fields(self) -> None:
+        assert issubclass(WorkerSettings, Settings)
+        library = {f.name for f in fields(Settings)}
+        assert {f.name for f in fields(WorkerSettings)} == library | WORKER_FIELDS
+
+    def test_library_from_env_ignores_worker_variables(self) -> None:
+        s = Settings.from_env({"CACHEBUS_PREFIX": "lib", "CACHEBUS_KAFKA_BOOTSTRAP": "k:1"})
+        assert type(s) is Settings and s.prefix == "lib"
+        assert not hasattr(s, "kafka_bootstrap")
+
+    def test_worker_from_env_reads_library_and_worker_variables(self) -> None:
+        s = WorkerSettings.from_env(
+            {
+                "CACHEBUS_REDIS_URL": "redis://r:6380/1",
+                "CACHEBUS_PREFIX": "w",
+                "CACHEBUS_LEASE_MS": "700",
+                "CACHEBUS_STRICT": "yes",
+                "CACHEBUS_KAFKA_BOOTSTRAP": "kafka:9093",
+                "CACHEBUS_EVENTS_TOPIC": "docs",
+                "CACHEBUS_TOPIC_PARTITIONS": "12",
+                "CACHEBUS_BATCH_WAIT_MS": "20",
+                "CACHEBUS_KAFKA_SESSION_TIMEOUT": "4.5",
+                "CACHEBUS_WEB_PORT": "0",
+            },
+            worker_id="w-9",
+        )
+        assert type(s) is WorkerSettings
+        assert (s.redis_url, s.prefix, s.lease_ms, s.strict) == ("redis://r:6380/1", "w", 700, True)
+        assert (s.kafka_bootstrap, s.events_topic, s.topic_partitions) == ("kafka:9093", "docs", 12)
+        assert (s.batch_wait_ms, s.kafka_session_timeout, s.web_port) == (20, 4.5, 0)
+        assert s.worker_id == "w-9"
+        with pytest.raises(ConfigError, match="CACHEBUS_TOPIC_PARTITIONS"):
+            WorkerSettings.from_env({"CACHEBUS_TOPIC_PARTITIONS": "many"})
+
+    def test_worker_settings_are_validated_as_library_settings(self) -> None:
+        with pytest.raises(ConfigError):
+            WorkerSettings.from_env({"CACHEBUS_STAMP_TTL": "3600"})
+        with pytest.raises(ConfigError):
+            WorkerSettings(batch_max=3).with_(durability_replicas=-1)
+        assert type(WorkerSettings().with_(prefix="x")) is WorkerSettings
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [
+            ("topic_partitions", 0),
+            ("batch_max", 0),
+            ("max_event_bytes", 0),
+            ("batch_wait_ms", -1),
+            ("kafka_session_timeout", 0),
+            ("web_port", 70000),
+        ],
+    )
+    def test_worker_values_no_worker_could_run_with_are_refused(
+        self, name: str, value: float
+    ) -> None:
+        with pytest.raises(ConfigError, match=name):
+            WorkerSettings.from_env({f"CACHEBUS_{name.upper()}": str(value)})
+        with pytest.raises(ConfigError, match=name):
+            WorkerSettings().with_(**{name: value})
+
+    def test_library_apis_accept_worker_settings(self) -> None:
+        """No connection is made: building the buses and the invalidator only binds
+        the client's timeouts and keys."""
+        import redis
+
+        from cachebus import AsyncCacheBus, CacheBus
+        from cachebus.invalidation import Invalidator
+
+        settings = WorkerSettings(prefix="wk", metrics_flush_interval=0, redis_timeout=1.5)
+        client = redis.Redis(host="127.0.0.1", port=1)
+        bus = CacheBus(client, settings)
+        assert bus.settings is settings
+        assert Invalidator(client, settings=settings).core.settings is settings
+        aclient = redis.asyncio.Redis(host="127.0.0.1", port=1)
+        assert AsyncCacheBus(aclient, settings).settings is settings
+        client.close()
 
 
 class _Embedder:

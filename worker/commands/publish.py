@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from cachebus.errors import ConfigError
-from cachebus.settings import Settings
 from worker.errors import InvalidEventError
+
+from ..settings import WorkerSettings
 
 
 def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -29,7 +30,7 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
     p.set_defaults(run=run)
 
 
-def run(settings: Settings, args: argparse.Namespace) -> int:
+def run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     """Publish ``args.file`` (``-``: stdin); exit 1 if lines were refused."""
     stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     with stream:
@@ -45,7 +46,7 @@ def _lines(stream: TextIO) -> Iterable[tuple[int, str]]:
             yield number, line.strip()
 
 
-async def ensure_events_topic(settings: Settings, *, err: TextIO = sys.stderr) -> bool:
+async def ensure_events_topic(settings: WorkerSettings, *, err: TextIO = sys.stderr) -> bool:
     """Create the events topic with ``CACHEBUS_TOPIC_PARTITIONS`` partitions if it does
     not exist (as the worker does), rather than let the broker auto-create it with its
     default (often 1). Returns whether it was created."""
@@ -76,7 +77,7 @@ async def ensure_events_topic(settings: Settings, *, err: TextIO = sys.stderr) -
     return True
 
 
-async def publish(settings: Settings, stream: TextIO, *, validate: bool, out: TextIO) -> int:
+async def publish(settings: WorkerSettings, stream: TextIO, *, validate: bool, out: TextIO) -> int:
     """Validate and publish JSONL document events (key = doc_id). Returns the
     number of lines refused. Creates a missing events topic first."""
     from aiokafka import AIOKafkaProducer

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from cachebus.settings import Settings
+from ..settings import WorkerSettings
 
 
 def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -20,7 +20,7 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
     p.set_defaults(run=run)
 
 
-def run(settings: Settings, args: argparse.Namespace) -> int:
+def run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT; :func:`worker.runtime.run` exits the process itself."""
     from worker.runtime import run as run_worker
 
