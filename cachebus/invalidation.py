@@ -20,6 +20,7 @@ from .changes import ChangeReport, aapply_change, apply_change, change_event
 from .commands import SCAN_COUNT, Call, Program
 from .durability import FenceEvent, FenceMonitor, WitnessReport
 from .errors import CacheBusError, RedisFullError
+from .events import EventType
 from .invalidation_core import InvalidationCore as InvalidationCore
 from .invalidation_core import bump_namespaces
 from .keys import Tag
@@ -87,7 +88,7 @@ class Invalidator:
         that or a newer version (no high-water mark is written). ``chunks``:
         (chunk_id, content_hash) pairs. See :mod:`cachebus.changes`."""
         event = change_event(
-            "created", doc_id, collection, version=version, tags=tags, chunks=chunks
+            EventType.CREATED, doc_id, collection, version=version, tags=tags, chunks=chunks
         )
         return apply_change(self, event)
 
@@ -106,7 +107,7 @@ class Invalidator:
         them without ``chunks``; invalidate its ``tags``; bump the collection's search
         results, as the new text may now match cached queries)."""
         event = change_event(
-            "updated", doc_id, collection, version=version, tags=tags, chunks=chunks
+            EventType.UPDATED, doc_id, collection, version=version, tags=tags, chunks=chunks
         )
         return apply_change(self, event)
 
@@ -121,7 +122,7 @@ class Invalidator:
         """``doc_id`` was deleted: apply the worker's plan for a ``deleted`` event
         (default rules: tombstone it, which also refuses later writes of values
         computed from it; drop its embeddings; invalidate its ``tags``)."""
-        event = change_event("deleted", doc_id, collection, version=version, tags=tags)
+        event = change_event(EventType.DELETED, doc_id, collection, version=version, tags=tags)
         return apply_change(self, event)
 
     @property
@@ -259,7 +260,7 @@ class AsyncInvalidator:
     ) -> ChangeReport:
         """See :meth:`Invalidator.document_created`."""
         event = change_event(
-            "created", doc_id, collection, version=version, tags=tags, chunks=chunks
+            EventType.CREATED, doc_id, collection, version=version, tags=tags, chunks=chunks
         )
         return await aapply_change(self, event)
 
@@ -274,7 +275,7 @@ class AsyncInvalidator:
     ) -> ChangeReport:
         """See :meth:`Invalidator.document_updated`."""
         event = change_event(
-            "updated", doc_id, collection, version=version, tags=tags, chunks=chunks
+            EventType.UPDATED, doc_id, collection, version=version, tags=tags, chunks=chunks
         )
         return await aapply_change(self, event)
 
@@ -287,7 +288,7 @@ class AsyncInvalidator:
         tags: Iterable[str] = (),
     ) -> ChangeReport:
         """See :meth:`Invalidator.document_deleted`."""
-        event = change_event("deleted", doc_id, collection, version=version, tags=tags)
+        event = change_event(EventType.DELETED, doc_id, collection, version=version, tags=tags)
         return await aapply_change(self, event)
 
     @property

@@ -7,9 +7,8 @@ from typing import Any
 
 import numpy.typing as npt
 
-from .codecs import Vector, VectorCodec, decode_vector, decode_vectors
+from .codecs import Vector, VectorCodec, decode_vectors
 from .commands import Call, Program
-from .errors import CodecError
 from .layer import AsyncShell, LayerCore, SyncShell
 from .lookup import Lookup, read_through
 from .runner import AsyncClient, SyncClient
@@ -48,14 +47,6 @@ class QueryEmbeddingCore(LayerCore):
 
     def entry_keys(self, texts: Sequence[str], ticket: Ticket) -> list[str]:
         return self._keys(texts, ticket.generations.get(self.namespace, 0), ticket.epoch or "-")
-
-    def decode(self, raw: bytes | None) -> Vector | None:
-        if raw is None:
-            return None
-        try:
-            return decode_vector(raw, self.dim)
-        except CodecError:
-            return None  # foreign or mismatched value: a miss, never a crash
 
     def lookup(self, texts: Sequence[str], count: bool = True) -> Program[Lookup[Vector]]:
         """One round trip in the common case: the namespace generation, the fence
