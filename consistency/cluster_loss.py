@@ -40,6 +40,7 @@ from .loss import (
     loss_settings,
     loss_workload,
     read_passes,
+    retry_failed,
     size_of,
 )
 from .model import Row, RunContext, register
@@ -77,7 +78,7 @@ def _failover_case(ctx: RunContext, *, durable: bool) -> Row:
             cluster.rejoin(LOST_SHARD)
         client = cluster.client()
         w2 = loss_workload(client, settings, oracle, size, monitor)
-        retried = sum(1 for doc in failed if w2.retry_documents([doc]).counted)
+        retried = retry_failed(w2, failed)
         fences = check_fence(w2)
         first, again = read_passes(w2, size)
         client.close()

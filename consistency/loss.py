@@ -111,6 +111,22 @@ def check_fence(w: Workload) -> int:
     return len(getattr(report, "fences", []) or [])
 
 
+def retry_failed(w: Workload, failed: list[str], *, attempts: int = 10) -> int:
+    """Send each failed invalidation again until it counts, as the worker does with a
+    batch it never acked (up to ``attempts`` tries each, 0.2 s apart: a replica that
+    just resynced may take a moment to acknowledge ``WAIT``). Returns how many
+    completed."""
+    completed = 0
+    for doc in failed:
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(0.2)
+            if w.retry_documents([doc]).counted:
+                completed += 1
+                break
+    return completed
+
+
 def read_passes(w: Workload, size: Size) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """Every entry read once without refills (right after the loss), then once with
     refills, then once more: (first pass, the two later passes)."""
@@ -205,10 +221,7 @@ def _failover_case(
             # without one no invalidation can be durable, and the retries keep waiting.
             replacement = _replica_of(pair.url)
         w2 = loss_workload(client, settings, oracle, size, monitor)
-        retried = 0
-        for doc in failed:  # what the worker does: the batch was never acked
-            if w2.retry_documents([doc]).counted:
-                retried += 1
+        retried = retry_failed(w2, failed)
         fences = check_fence(w2)
         first, again = read_passes(w2, size)
         client.close()
