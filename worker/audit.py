@@ -31,9 +31,29 @@ class SourceRecord:
     timestamp_ms: int | None
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """The record's headers in order (CloudEvents binary mode, W3C trace context)."""
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of header ``name`` (case-insensitive), if any."""
+        wanted = name.lower()
+        found = None
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                found = value
+        return found
 
     def source(self) -> Source:
         return Source(self.topic, self.partition, self.offset, self.timestamp_ms)
+
+
+def headers_of(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    """Record headers as ``(name, value)`` pairs (faust gives a list of pairs or a
+    mapping; a header without a value reads as empty bytes)."""
+    if not raw:
+        return ()
+    items = raw.items() if isinstance(raw, dict) else raw
+    return tuple((str(k), bytes(v) if v is not None else b"") for k, v in items)
 
 
 def now_rfc3339() -> str:

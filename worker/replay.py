@@ -120,7 +120,7 @@ async def replay(
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     from .applier import Applier
-    from .audit import SourceRecord
+    from .audit import SourceRecord, headers_of
     from .audit_tail import topic_partitions
     from .dry_run import DryRunApplier
     from .processor import Processor
@@ -205,7 +205,13 @@ async def replay(
                         if m.offset < stop[tp]:
                             records.append(
                                 SourceRecord(
-                                    m.topic, m.partition, m.offset, m.timestamp, m.key, m.value
+                                    m.topic,
+                                    m.partition,
+                                    m.offset,
+                                    m.timestamp,
+                                    m.key,
+                                    m.value,
+                                    headers_of(m.headers),
                                 )
                             )
                 for tp in list(remaining):
