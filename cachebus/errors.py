@@ -47,3 +47,26 @@ class RedisFullError(CacheUnavailableError):
 
 class PermissionDeniedError(CacheBusError):
     """Redis refused a command for this user (ACL NOPERM): a deployment problem."""
+
+
+class EmbeddingProviderError(CacheBusError):
+    """An embedding provider (an OpenAI-compatible API) refused a request or kept failing.
+
+    ``status`` is the HTTP status (``None``: no response, e.g. a connection error or a
+    timeout), ``retriable`` whether the same request may succeed later (429, 5xx, network;
+    raised after the embedder's own retries ran out), ``attempts`` how many requests were
+    sent. The message names the endpoint and the provider's error text, never the API key.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retriable: bool = False,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retriable = retriable
+        self.attempts = attempts

@@ -59,18 +59,22 @@ class Rules:
     by_type: Mapping[str, EventRule] = field(default_factory=dict)
     """Keyed by :class:`EventType` (names are accepted and normalised)."""
     scans: tuple[ScanRule, ...] = ()
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    """The rules file's ``[[debezium]]`` and ``[cloudevents]`` tables as written: the
+    worker's input formats (read by ``worker.sources``; the library ignores them)."""
 
     def __post_init__(self) -> None:
         given = {_known(name): rule for name, rule in self.by_type.items()}
         table: dict[str, EventRule] = {t: given.get(t, EventRule()) for t in EVENT_TYPES}
         object.__setattr__(self, "by_type", MappingProxyType(table))
+        object.__setattr__(self, "inputs", MappingProxyType(dict(self.inputs)))
 
     def for_type(self, kind: EventType | str) -> EventRule:
         return self.by_type[_known(kind)]
 
     def with_rule(self, kind: EventType | str, rule: EventRule) -> Rules:
         """A copy with ``kind``'s rule replaced."""
-        return Rules({**self.by_type, _known(kind): rule}, self.scans)
+        return Rules({**self.by_type, _known(kind): rule}, self.scans, self.inputs)
 
 
 _RULE_KEYS = set(EventRule.__slots__)
@@ -120,15 +124,20 @@ def _scan_rule(i: int, scan: Any) -> ScanRule:
     return ScanRule(tuple(k for k in kinds if k is not None), pattern)
 
 
+INPUT_TABLES = ("debezium", "cloudevents")
+"""Tables of the rules file that belong to the worker's input formats (kept, not read)."""
+
+
 def parse_rules(data: dict[str, Any]) -> Rules:
-    unknown = set(data) - {*EVENT_TYPES, "scan"}
+    unknown = set(data) - {*EVENT_TYPES, "scan", *INPUT_TABLES}
     if unknown:
         raise ConfigError(f"rules: unknown tables {sorted(unknown)}")
     raw_scans = data.get("scan", [])
     if not isinstance(raw_scans, list):
         raise ConfigError("rules: scan rules are written as [[scan]] tables")
     scans = tuple(_scan_rule(i, scan) for i, scan in enumerate(raw_scans))
-    return Rules({t: _event_rule(t, data.get(t, {})) for t in EVENT_TYPES}, scans)
+    inputs = {name: data[name] for name in INPUT_TABLES if name in data}
+    return Rules({t: _event_rule(t, data.get(t, {})) for t in EVENT_TYPES}, scans, inputs)
 
 
 def load_rules(path: str | Path | None = None) -> Rules:

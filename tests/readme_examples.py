@@ -1,6 +1,7 @@
 """The README's runnable examples, for the tests that run them.
 
-An example is a fenced ``python`` block right after a marker line::
+An example is a fenced block (``python``, ``toml``, ``json``, ``bash``...) right after a
+marker line::
 
     <!-- example: langchain -->
     ```python
@@ -21,7 +22,7 @@ from typing import Any
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 _BLOCK = re.compile(
-    r"^<!-- example: (?P<name>[\w.-]+) -->\n```python\n(?P<code>.*?)^```$", re.M | re.S
+    r"^<!-- example: (?P<name>[\w.-]+) -->\n```(?P<lang>\w+)\n(?P<code>.*?)^```$", re.M | re.S
 )
 
 
@@ -40,14 +41,15 @@ def example(name: str, path: Path = README) -> str:
     found = examples(path)
     if name not in found:
         raise AssertionError(
-            f"{path.name} has no example {name!r} (a ```python block right after "
+            f"{path.name} has no example {name!r} (a fenced block right after "
             f"'<!-- example: {name} -->'); it has: {sorted(found)}"
         )
     return found[name]
 
 
 def run_example(name: str, namespace: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run example ``name`` as a module body; its globals come back for the checks."""
+    """Run Python example ``name`` as a module body; its globals come back for the
+    checks. (Other languages: take the text with :func:`example` and use it.)"""
     code = compile(example(name), f"README.md example {name!r}", "exec")
     scope: dict[str, Any] = {"__name__": f"readme_example_{name.replace('-', '_')}"}
     scope.update(namespace or {})

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
+from cachebus.tracing import TraceContext
+
 from .results import ActionResult, Applied, AuditOutcome, DeadLettered, Result
 
 
@@ -52,6 +54,9 @@ class AuditEvent:
     processed_at: str
     worker_id: str
     replay: bool
+    trace: TraceContext | None = None
+    """The W3C trace context the input record carried, continued by the worker's span
+    (``worker.tracing``); None when it carried none. In the JSON only when set."""
     AUDIT_VERSION: ClassVar[int] = 1
 
     @property
@@ -89,7 +94,7 @@ class AuditEvent:
             actions = [a.to_json() for a in result.actions]
             removed = result.keys_removed
             generations = dict(result.generations)
-        return {
+        doc: dict[str, Any] = {
             "audit_version": self.AUDIT_VERSION,
             "event_id": self.event_id,
             "doc_id": self.doc_id,
@@ -107,6 +112,9 @@ class AuditEvent:
             "worker_id": self.worker_id,
             "replay": self.replay,
         }
+        if self.trace is not None:
+            doc["trace"] = self.trace.to_json()
+        return doc
 
     def key(self) -> bytes | None:
         """The Kafka key: its ``doc_id`` (UTF-8), or none when the input could not be

@@ -13,7 +13,15 @@ from cachebus.planning import DocumentEvent
 from .errors import InvalidEventError
 from .schemas import validator
 
-__all__ = ["DocumentEvent", "EventType", "parse_event", "peek_field", "peek_fields"]
+__all__ = [
+    "DocumentEvent",
+    "EventType",
+    "event_from_dict",
+    "loads_json",
+    "parse_event",
+    "peek_field",
+    "peek_fields",
+]
 SUPPORTED_SCHEMA_VERSION = 1
 
 
@@ -71,6 +79,14 @@ def parse_event(value: bytes | None, *, max_bytes: int) -> DocumentEvent:
             raise InvalidEventError(
                 "invalid_encoding", "a string contains a lone UTF-16 surrogate escape"
             ) from None
+    return event_from_dict(data)
+
+
+def event_from_dict(data: dict[str, Any]) -> DocumentEvent:
+    """Validate a decoded native event (``schemas/document-event.schema.json``) and
+    build it. Also the last step of the other input formats (:mod:`worker.inputs`),
+    which map their records to a native event first. Raises :class:`InvalidEventError`
+    (``unsupported_schema_version``, ``unknown_event_type``, ``schema_violation``)."""
     version = data.get("schema_version")
     if isinstance(version, float) and version.is_integer():
         version = int(version)  # JSON Schema: 2.0 is the integer 2
@@ -107,6 +123,26 @@ def parse_event(value: bytes | None, *, max_bytes: int) -> DocumentEvent:
         content_hash=data.get("content_hash"),
         raw=data,
     )
+
+
+def loads_json(value: bytes) -> Any:
+    """Read a JSON document as :func:`parse_event` does (strict UTF-8, no lone
+    surrogate escapes, no NaN/Infinity), for the other input formats. Raises
+    :class:`InvalidEventError` (``invalid_encoding``, ``invalid_json``,
+    ``schema_violation``)."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        pass
+    data = _slow_loads(value)
+    if b"\\u" in value:
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEventError(
+                "invalid_encoding", "a string contains a lone UTF-16 surrogate escape"
+            ) from None
+    return data
 
 
 def _slow_loads(value: bytes) -> Any:
