@@ -4,6 +4,7 @@ letters) out. Used by the live faust agent and by replay alike."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from .planner import Plan, plan
 from .results import Applied, ApplyResult, DeadLettered
 from .rules import Rules
 from .settings import WorkerSettings
+from .tracing import BatchTrace
 from .web import HealthState
 
 log = structlog.get_logger("cachebus.worker")
@@ -141,6 +143,7 @@ class Processor:
 
     async def process(self, records: Sequence[SourceRecord]) -> Outbound:
         out = Outbound()
+        trace = BatchTrace.begin()
         good: list[tuple[int, DocumentEvent, Plan]] = []
         audits: list[AuditEvent | None] = [None] * len(records)
         for i, record in enumerate(records):
@@ -153,7 +156,9 @@ class Processor:
             except CacheBusError as exc:  # e.g. an id the key scheme refuses
                 self._dead_letter(out, audits, i, record, "processing_error", str(exc))
 
+        trace.mark_planned()
         applied = await self._apply([(e, p) for _, e, p in good])
+        trace.mark_applied()
         now = now_rfc3339()
         for (i, event, _), result in zip(good, applied, strict=True):
             record = records[i]
@@ -177,13 +182,17 @@ class Processor:
                     partition=record.partition,
                     offset=record.offset,
                 )
-        for audit in audits:
+        for i, audit in enumerate(audits):
             if audit is not None:
+                context = trace.audit_context(records[i], audit)  # W3C trace context, if any
+                if context is not None:
+                    audit = dataclasses.replace(audit, trace=context)
                 key = audit.key()
                 doc = audit.to_json()
                 out.audits.append((key, to_bytes(doc)))
                 out.audit_docs.append((key, doc))
                 out.audit_events.append(audit)
+        trace.end(len(records), out.outcomes)
         return out
 
     def _dead_letter(

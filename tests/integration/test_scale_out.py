@@ -66,7 +66,9 @@ def test_two_workers_on_redis_cluster_one_killed(cluster_stack: LocalStack) -> N
     finally:
         client.close()
     verdict = checker.verdict(mismatches)
-    assert verdict.ok, verdict.summary()
+    # The survivor's log says whether it ever got w1's partitions (a rebalance stuck
+    # past the session timeout was seen once in a full run).
+    assert verdict.ok, f"{verdict.summary()}\n--- w2's log (tail) ---\n{w2.log_tail(60)}"
     assert w2.alive
     partitions = set(range(stack.settings.topic_partitions))
     # w1 had partitions of its own, and w2 ended up with all of them.
