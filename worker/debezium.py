@@ -27,6 +27,7 @@ a :class:`Tombstone`, never an error.
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -127,7 +128,7 @@ def decode_debezium(
             "collection by hand (cachebus invalidate) and leave truncate.handling.mode at skip",
         )
     kind = OPS.get(op) if isinstance(op, str) else None
-    if kind is None:
+    if kind is None or not isinstance(op, str):
         shown = op[:16] if isinstance(op, str) else op
         raise InvalidEventError(
             "unknown_event_type",
@@ -144,8 +145,7 @@ def decode_debezium(
     if not isinstance(row, dict):
         raise InvalidEventError(
             "schema_violation",
-            f"Debezium op {op!r} needs {side} (the row) as a JSON object, got "
-            f"{_kind(row)}",
+            f"Debezium op {op!r} needs {side} (the row) as a JSON object, got {_kind(row)}",
         )
     previous = None if deleted else data.get("before")
     cols = _Columns(row, previous if isinstance(previous, dict) else None, op, side)
@@ -242,7 +242,7 @@ class _Columns:
 
 
 def _unavailable(value: Any) -> bool:
-    if value == UNAVAILABLE or value == _UNAVAILABLE_B64:
+    if value in (UNAVAILABLE, _UNAVAILABLE_B64):
         return True
     return isinstance(value, list) and len(value) == 1 and value[0] == UNAVAILABLE
 
@@ -293,9 +293,7 @@ def _integer(value: Any, where: str) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidEventError(
-            "schema_violation", f"{where} is {_kind(value)}, not an integer"
-        )
+        raise InvalidEventError("schema_violation", f"{where} is {_kind(value)}, not an integer")
     if value < 0 or value > MAX_VERSION:
         raise InvalidEventError(
             "schema_violation", f"{where} is {value}, outside 0..2^53-1 (doc_version)"
@@ -303,15 +301,13 @@ def _integer(value: Any, where: str) -> int:
     return value
 
 
-def _version(
-    source: DebeziumSource, cols: _Columns, src: dict[str, Any], deleted: bool
-) -> int:
+def _version(source: DebeziumSource, cols: _Columns, src: dict[str, Any], deleted: bool) -> int:
     if source.version == LSN:
         lsn = src.get("lsn")
         if lsn is None:
             raise InvalidEventError(
                 "schema_violation",
-                "source.lsn is missing (version = \"lsn\" needs the Postgres connector); "
+                'source.lsn is missing (version = "lsn" needs the Postgres connector); '
                 "map version to an integer column that grows with every change",
             )
         return _integer(lsn, "source.lsn")
@@ -324,12 +320,14 @@ def _version(
 
 
 def _event_id(src: dict[str, Any], lsn: Any, doc_id: str, topic: str) -> str:
+    # The standard library's encoder: any JSON the record held (orjson refuses integers
+    # past 64 bits, which a source block may carry).
     if lsn is not None:
         parts = [src.get(k) for k in ("name", "db", "schema", "table")]
-        name = orjson.dumps(["pg", *parts, lsn, doc_id])
+        name = json.dumps(["pg", *parts, lsn, doc_id], separators=(",", ":"))
     else:
-        name = orjson.dumps(["source", topic, src, doc_id], option=orjson.OPT_SORT_KEYS)
-    return str(uuid.uuid5(_NAMESPACE, name.decode()))
+        name = json.dumps(["source", topic, src, doc_id], sort_keys=True, separators=(",", ":"))
+    return str(uuid.uuid5(_NAMESPACE, name))
 
 
 def _rfc3339(ms: int) -> str:
@@ -381,4 +379,3 @@ def _chunks(value: Any, column: str) -> list[Any] | None:
             f'column {column!r} (chunks) must be a JSON array of {{"chunk_id", "content_hash"}}',
         )
     return value
-

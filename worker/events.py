@@ -16,6 +16,7 @@ from .schemas import validator
 __all__ = [
     "DocumentEvent",
     "EventType",
+    "check_key",
     "event_from_dict",
     "loads_json",
     "parse_event",
@@ -200,3 +201,19 @@ def _non_finite(data: Any) -> tuple[str, str] | None:
 def peek_field(value: bytes, name: str) -> str | None:
     """One field of :func:`peek_fields`."""
     return peek_fields(value, (name,)).get(name)
+
+
+def check_key(key: bytes | None, event: DocumentEvent) -> None:
+    """A record's key must be its event's ``doc_id`` (UTF-8), or absent. Another key
+    may put the document's events on several partitions, where nothing orders them
+    (see schemas/README.md): such a record is dead-lettered (``key_mismatch``).
+    Native events and CloudEvents; not Debezium records (:mod:`worker.debezium`)."""
+    if key is None or key == event.doc_id.encode("utf-8", "surrogatepass"):
+        return
+    shown = key[:200].decode("utf-8", "backslashreplace")
+    raise InvalidEventError(
+        "key_mismatch",
+        f"record key {shown!r} is not the event's doc_id {event.doc_id[:200]!r}: "
+        "publish each event with key = doc_id (UTF-8) so one document's events share a "
+        "partition and stay in order",
+    )

@@ -1,4 +1,5 @@
-"""``cachebus replay``: re-consume the events topic through the same planner,
+"""``cachebus replay``: re-consume the events topic (and the rules file's
+``[[debezium]]`` topics) through the same planner,
 applier and audit as the live worker, to rebuild Redis's control state (after
 Redis lost its data, for a new region, or after a rule change).
 
@@ -55,8 +56,9 @@ class ReplayReport:
     seconds: float = 0.0
     outcomes: Counter[str] = field(default_factory=Counter)
     actions: Counter[str] = field(default_factory=Counter)
-    start: dict[int, int] = field(default_factory=dict)
-    end: dict[int, int] = field(default_factory=dict)
+    start: dict[str, int] = field(default_factory=dict)
+    """First offset per ``topic:partition``."""
+    end: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -115,8 +117,10 @@ async def replay(
     out: TextIO = sys.stderr,
     on_batch: Callable[[int], None] | None = None,
 ) -> ReplayReport:
-    """Replay ``settings.events_topic`` according to ``options``. A dry run reads the
-    high-water marks (Redis must answer) and predicts the same outcomes, writing nothing."""
+    """Replay ``settings.events_topic`` and the rules file's ``[[debezium]]`` topics
+    according to ``options`` (partitions and offsets apply to each topic). A dry run
+    reads the high-water marks (Redis must answer) and predicts the same outcomes,
+    writing nothing."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     from .applier import Applier
@@ -124,8 +128,14 @@ async def replay(
     from .audit_tail import topic_partitions
     from .dry_run import DryRunApplier
     from .processor import Processor
+    from .sources import check_topics, sources_of
 
     rules = load_rules(settings.rules_file or None)
+    topics = check_topics(
+        sources_of(rules),
+        events=settings.events_topic,
+        outputs=(settings.audit_topic, settings.dlq_topic),
+    )
     if options.group:
         members = await live_members(settings, options.group)
         if members:
@@ -139,6 +149,13 @@ async def replay(
         raise ConfigError(
             f"topic {settings.events_topic!r} does not exist at {settings.kafka_bootstrap}"
         )
+    by_topic = {settings.events_topic: partitions}
+    for topic in topics[1:]:
+        found = await topic_partitions(settings, topic)
+        if not found:  # Debezium creates a table's topic with its first change
+            print(f"replay: Debezium topic {topic!r} does not exist yet; skipped", file=out)
+            continue
+        by_topic[topic] = found
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=options.group,
@@ -152,8 +169,12 @@ async def replay(
     report = ReplayReport()
     try:
         await consumer.start()
-        chosen = sorted(p for p in partitions if not options.partitions or p in options.partitions)
-        tps = [TopicPartition(settings.events_topic, p) for p in chosen]
+        tps = [
+            TopicPartition(topic, p)
+            for topic, found in by_topic.items()
+            for p in sorted(found)
+            if not options.partitions or p in options.partitions
+        ]
         consumer.assign(tps)
         begins = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)
@@ -167,8 +188,8 @@ async def replay(
         stop = dict(ends)
         if options.to_offset is not None:
             stop = {tp: min(ends[tp], options.to_offset) for tp in tps}
-        report.start = {tp.partition: start[tp] for tp in tps}
-        report.end = {tp.partition: stop[tp] for tp in tps}
+        report.start = {f"{tp.topic}:{tp.partition}": start[tp] for tp in tps}
+        report.end = {f"{tp.topic}:{tp.partition}": stop[tp] for tp in tps}
         for tp in tps:
             consumer.seek(tp, start[tp])
         remaining = {tp for tp in tps if start[tp] < stop[tp]}
@@ -262,7 +283,10 @@ def _parse_time(text: str) -> datetime:
 
 
 def register(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
-    p = sub.add_parser("replay", help="re-consume the events topic to rebuild control state")
+    p = sub.add_parser(
+        "replay",
+        help="re-consume the events topic (and [[debezium]] topics) to rebuild control state",
+    )
     add_common(p)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--from-beginning", action="store_true", help="(the default)")

@@ -7,6 +7,8 @@ the processor turns them into an :class:`~worker.audit_event.AuditEvent`.
 * :class:`Skipped`: at or below the document's high-water mark (``skipped_stale``),
   or that mark's own event (``skipped_duplicate``).
 * :class:`DeadLettered`: the record was refused (a dead-letter reason and detail).
+* :class:`SkippedTombstone`: a Debezium tombstone (null value after a delete): nothing
+  to do (``skipped_tombstone``).
 
 Base dependencies only (``cachebus audit tail`` renders audits without the worker extra).
 """
@@ -19,7 +21,9 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 from cachebus.planning import Action, ActionKind
 
-AuditOutcome = Literal["applied", "skipped_stale", "skipped_duplicate", "dead_lettered"]
+AuditOutcome = Literal[
+    "applied", "skipped_stale", "skipped_duplicate", "dead_lettered", "skipped_tombstone"
+]
 """``outcome`` of ``schemas/audit-event.schema.json``."""
 Outcome = Literal["applied", "skipped_stale", "skipped_duplicate"]
 """What the applier decides for an event it was given."""
@@ -135,7 +139,16 @@ class DeadLettered:
         return f"{self.dlq_reason}: {self.detail[:300]}"
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedTombstone:
+    """A Debezium tombstone: the null-value record Debezium writes after a delete
+    (for log compaction). Nothing to invalidate; never dead-lettered."""
+
+    reason: str
+    outcome: ClassVar[Literal["skipped_tombstone"]] = "skipped_tombstone"
+
+
 ApplyResult = Applied | Skipped
 """What the applier returns per event."""
-Result = Applied | Skipped | DeadLettered
+Result = Applied | Skipped | DeadLettered | SkippedTombstone
 """What an audit event reports."""

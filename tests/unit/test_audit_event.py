@@ -13,6 +13,7 @@ from cachebus.planning import Action
 from worker.audit import to_bytes
 from worker.audit_event import AuditEvent, Source, render_audit
 from worker.audit_tail import format_audit
+from worker.debezium import Tombstone
 from worker.results import (
     ActionResult,
     Applied,
@@ -20,6 +21,7 @@ from worker.results import (
     DeadLettered,
     Result,
     Skipped,
+    SkippedTombstone,
 )
 from worker.schemas import validator
 
@@ -62,6 +64,7 @@ SAMPLES: dict[str, Result] = {
     "skipped_stale_overtaken": Skipped.overtaken(),
     "skipped_duplicate": Skipped.duplicate(),
     "dead_lettered": DeadLettered("schema_violation", "at doc_version: NaN is not a JSON number"),
+    "skipped_tombstone": SkippedTombstone(Tombstone.REASON),
 }
 
 
