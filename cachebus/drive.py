@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .commands import Call, EachPrimary, Invoke, Program, Sleep
-from .errors import ConfigError
+from .errors import ConfigError, mark_user_code
 
 T = TypeVar("T")
 
@@ -54,7 +54,9 @@ def drive(
                             reply.close()  # closed, so it is not reported as never awaited
                         raise ConfigError("a sync cache was given an async callable")
                 except Exception as exc:
-                    # Let the program clean up (release leases), then re-raise.
+                    # Let the program clean up (release leases), then re-raise; marked,
+                    # so no fail-open takes the user's error for a Redis one.
+                    mark_user_code(exc)
                     step = program.throw(exc)
                     continue
             else:
@@ -95,6 +97,7 @@ async def drive_async(
                     if inspect.isawaitable(reply):
                         reply = await reply
                 except Exception as exc:
+                    mark_user_code(exc)
                     step = program.throw(exc)
                     continue
             else:

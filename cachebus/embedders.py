@@ -1,4 +1,10 @@
-"""The Embedder protocol and a deterministic hashing embedder for demos and tests."""
+"""The Embedder protocol and a deterministic hashing embedder for demos and tests.
+
+Real embedders, each behind its extra: :mod:`cachebus.embedders_openai`
+(``OpenAICompatibleEmbedder``, ``pip install 'cachebus[openai]'``) and
+:mod:`cachebus.embedders_st` (``SentenceTransformerEmbedder``,
+``pip install 'cachebus[sentence-transformers]'``).
+"""
 
 from __future__ import annotations
 

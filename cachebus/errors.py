@@ -14,6 +14,23 @@ class CacheBusError(Exception):
     retriable: bool = False
 
 
+_USER_CODE = "_cachebus_from_user_code"
+
+
+def mark_user_code(exc: BaseException) -> None:
+    """Note that ``exc`` came out of user code a cache call ran (an embedder, a search
+    pipeline): the cache's fail-open policy is for its own Redis errors, so such an
+    error, even a retriable :class:`CacheBusError` (an embedding provider's), reaches
+    the caller as itself instead of being taken for a Redis failure and answered by
+    calling the provider again."""
+    setattr(exc, _USER_CODE, True)
+
+
+def from_user_code(exc: BaseException) -> bool:
+    """Whether :func:`mark_user_code` marked ``exc``."""
+    return getattr(exc, _USER_CODE, False) is True
+
+
 class ConfigError(CacheBusError):
     """A setting or argument is invalid (bad prefix, TTL out of range, wrong client)."""
 

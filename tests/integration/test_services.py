@@ -245,3 +245,23 @@ def test_herd_one_provider_call_per_key(request, topology: str) -> None:
     assert errors.empty(), errors.get()
     counts = {t: int(client.get(f"count:{{{t}}}") or 0) for t in TEXTS}
     assert counts == {t: 1 for t in TEXTS}
+
+
+def test_provider_error_is_not_taken_for_a_redis_failure(any_redis) -> None:
+    """A retriable cachebus error out of the embedder (an API that kept answering 503)
+    reaches the caller as itself: the service does not fail open on it, does not call
+    the provider a second time, and counts no cache error."""
+    from cachebus.errors import EmbeddingProviderError
+
+    class ExhaustedProvider(CountingEmbedder):
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            self.seen.extend(texts)
+            raise EmbeddingProviderError("503 from the provider", status=503, retriable=True)
+
+    emb = ExhaustedProvider()
+    qe = CacheBus(any_redis, S).query_embeddings(emb.model)
+    svc = CachedEmbeddingService(qe, emb)
+    with pytest.raises(EmbeddingProviderError, match="503"):
+        svc.embed_batch(["a", "b"])
+    assert emb.seen == ["a", "b"], "the provider was called again after its own error"
+    assert qe.metrics.errors == 0
