@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
+from . import tracing
 from .changes import ChangeReport, aapply_change, apply_change, change_event
 from .commands import SCAN_COUNT, Call, Program
 from .durability import FenceEvent, FenceMonitor, WitnessReport
@@ -184,15 +185,17 @@ class Invalidator:
 
         Redis full: unlinks the control keys involved, then raises RedisFullError."""
         tag_list, doc_list, ns_list = list(tags), list(documents), list(bump)
-        try:
-            report = self._runner.run(
-                self.core.apply(tags=tag_list, documents=doc_list, bump=ns_list)
-            )
-            if confirm:
-                self._runner.run(self.core.durability.confirm())
-        except RedisFullError:
-            self._on_full(self.core.control_keys(tag_list, doc_list, ns_list))
-            raise
+        # A span cachebus.invalidator.invalidate while cachebus.tracing.instrument() is on.
+        with tracing.layer_span("invalidator", "invalidate"):
+            try:
+                report = self._runner.run(
+                    self.core.apply(tags=tag_list, documents=doc_list, bump=ns_list)
+                )
+                if confirm:
+                    self._runner.run(self.core.durability.confirm())
+            except RedisFullError:
+                self._on_full(self.core.control_keys(tag_list, doc_list, ns_list))
+                raise
         return report
 
     def invalidate_tags(self, tags: Iterable[Tag]) -> InvalidationReport:
@@ -344,15 +347,16 @@ class AsyncInvalidator:
     ) -> InvalidationReport:
         """See :meth:`Invalidator.invalidate`."""
         tag_list, doc_list, ns_list = list(tags), list(documents), list(bump)
-        try:
-            report = await self._runner.run(
-                self.core.apply(tags=tag_list, documents=doc_list, bump=ns_list)
-            )
-            if confirm:
-                await self._runner.run(self.core.durability.confirm())
-        except RedisFullError:
-            await self._on_full(self.core.control_keys(tag_list, doc_list, ns_list))
-            raise
+        with tracing.layer_span("invalidator", "invalidate"):
+            try:
+                report = await self._runner.run(
+                    self.core.apply(tags=tag_list, documents=doc_list, bump=ns_list)
+                )
+                if confirm:
+                    await self._runner.run(self.core.durability.confirm())
+            except RedisFullError:
+                await self._on_full(self.core.control_keys(tag_list, doc_list, ns_list))
+                raise
         return report
 
     async def invalidate_tags(self, tags: Iterable[Tag]) -> InvalidationReport:

@@ -6,10 +6,11 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+from . import tracing
 from .commands import Program
-from .errors import CacheBusError
+from .errors import CacheBusError, from_user_code
 from .keys import KeyScheme
-from .metrics import LayerMetrics
+from .metrics import LAYERS, LayerMetrics
 from .metrics_store import MetricsPublisher
 from .ratelog import fail_open
 from .runner import AsyncClient, AsyncRunner, SyncClient, SyncRunner
@@ -27,6 +28,7 @@ class LayerCore:
         self.settings = settings
         self.keys = KeyScheme(settings.prefix)
         self.metrics = LayerMetrics()
+        LAYERS.add(self, self.layer_name, self.metrics)  # read by exporters when scraped
         self.publisher = MetricsPublisher(
             settings.prefix, self.layer_name, interval=settings.metrics_flush_interval
         )
@@ -68,14 +70,16 @@ class SyncShell(Generic[C]):
         call fails open by :func:`fail_open_or_raise`: a retriable error, unless the
         settings are strict, is counted and logged as a failed ``what`` and
         ``fallback()`` is returned instead (e.g. a miss, or the value computed
-        without the cache)."""
-        try:
-            result = self._runner.run(program)
-        except CacheBusError as exc:
-            if fallback is None:
-                raise
-            fail_open_or_raise(self.core, exc, what)
-            return fallback()
+        without the cache). With :func:`cachebus.tracing.instrument` on, the call runs
+        in a span ``cachebus.<layer>.<what>``."""
+        with tracing.layer_span(self.core.layer_name, what):
+            try:
+                result = self._runner.run(program)
+            except CacheBusError as exc:
+                if fallback is None:
+                    raise
+                fail_open_or_raise(self.core, exc, what)
+                return fallback()
         self._flush_metrics()
         return result
 
@@ -128,13 +132,14 @@ class AsyncShell(Generic[C]):
         what: str = "call",
     ) -> T:
         """See :meth:`SyncShell.run`; ``fallback`` is awaited."""
-        try:
-            result = await self._runner.run(program)
-        except CacheBusError as exc:
-            if fallback is None:
-                raise
-            fail_open_or_raise(self.core, exc, what)
-            return await fallback()
+        with tracing.layer_span(self.core.layer_name, what):
+            try:
+                result = await self._runner.run(program)
+            except CacheBusError as exc:
+                if fallback is None:
+                    raise
+                fail_open_or_raise(self.core, exc, what)
+                return await fallback()
         await self._flush_metrics()
         return result
 
@@ -166,12 +171,14 @@ def fail_open_or_raise(
 ) -> None:
     """The fail-open policy of every cache call (the layers' reads and writes, the
     services, the metrics flush), in one place: re-raise ``exc`` when the settings are
-    strict or the error is not retriable (a denied command is a deployment error, not
-    an outage); otherwise count it in ``metrics.errors`` (unless ``count=False``: a
-    failed metrics flush is no cache error; the publisher kept its baseline and the
-    next flush sends the counters) and log it, rate-limited
+    strict, the error is not retriable (a denied command is a deployment error, not
+    an outage) or it came out of user code the call ran (an embedding provider's
+    retriable error is the caller's to handle, see
+    :func:`cachebus.errors.mark_user_code`); otherwise count it in ``metrics.errors``
+    (unless ``count=False``: a failed metrics flush is no cache error; the publisher
+    kept its baseline and the next flush sends the counters) and log it, rate-limited
     (:func:`cachebus.ratelog.fail_open`), and the caller serves its fallback."""
-    if core.settings.strict or not exc.retriable:
+    if core.settings.strict or not exc.retriable or from_user_code(exc):
         raise exc
     if count:
         core.metrics.errors += 1

@@ -33,7 +33,9 @@ HAVE_OTEL: Final = trace is not None
 
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
-_TRACEPARENT = re.compile(r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+_TRACEPARENT = re.compile(
+    r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z"
+)
 """A W3C ``traceparent`` (https://www.w3.org/TR/trace-context/#traceparent-header) of
 version 00 and the fields every later version starts with."""
 
@@ -139,12 +141,15 @@ def current(context: Context | None = None) -> TraceContext | None:
     return TraceContext.parse(carrier.get(TRACEPARENT), carrier.get(TRACESTATE))
 
 
-def instrument(enabled: bool = True) -> bool:
-    """Turn the library's spans around cache calls on (or off). Returns whether they
-    are on (False without opentelemetry). Spans go to the global tracer provider, so
-    configure it first (or they are non-recording)."""
+def instrument(enabled: bool = True, tracer_provider: Any = None) -> bool:
+    """Turn the library's spans around cache calls and invalidations on (or off).
+    Returns whether they are on (False without opentelemetry). Spans go to
+    ``tracer_provider``, by default the global one (without one configured they are
+    non-recording)."""
     global _tracer
-    _tracer = trace.get_tracer("cachebus") if enabled and trace is not None else None
+    _tracer = None
+    if enabled and trace is not None:
+        _tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("cachebus")
     return _tracer is not None
 
 

@@ -76,6 +76,21 @@ fi
 step "python -c 'import cachebus'"
 run "$py" -c "import cachebus, sys; assert cachebus.__file__.startswith(sys.prefix), cachebus.__file__"
 
+step "integrations without their extras: one line naming the extra"
+for pair in langchain:langchain llamaindex:llamaindex embedders_openai:openai \
+  embedders_st:sentence-transformers; do
+  module=${pair%%:*} extra=${pair#*:}
+  case $module in
+    embedders_*) dotted="cachebus.$module" ;;
+    *) dotted="cachebus.integrations.$module" ;;
+  esac
+  if err=$("$py" -c "import $dotted" 2>&1); then
+    fail "import $dotted without the $extra extra succeeded"
+  fi
+  [[ $err == *"pip install 'cachebus[$extra]'"* ]] ||
+    fail "import $dotted without the $extra extra printed: $err"
+done
+
 step "the wheel carries no test or demo infrastructure, no invalid schema examples"
 site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 # Only the production packages: test and development infrastructure lives in devtools/,

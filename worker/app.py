@@ -39,7 +39,7 @@ from cachebus.connection import connect_async
 from cachebus.errors import ConfigError
 from cachebus.runner import AsyncClient
 
-from . import metrics
+from . import metrics, tracing
 from .applier import Applier
 from .audit import SourceRecord, headers_of
 from .lifecycle import (
@@ -54,6 +54,7 @@ from .monitor import Monitor, MonitorConfig
 from .processor import Processor
 from .rules import Rules, load_rules
 from .settings import WorkerSettings
+from .sources import check_topics, sources_of
 from .web import HealthState
 
 log = structlog.get_logger("cachebus.worker")
@@ -95,10 +96,15 @@ def record_of(event: EventT[Any]) -> SourceRecord:
 
 
 def faust_app(
-    settings: WorkerSettings, wid: str, datadir: Path | None = None
+    settings: WorkerSettings,
+    wid: str,
+    datadir: Path | None = None,
+    extra_topics: tuple[str, ...] = (),
 ) -> tuple[faust.App, Any]:
-    """The faust app with the worker's settings and its events topic (raw bytes in:
-    validation against the JSON Schema is ours, at the edge)."""
+    """The faust app with the worker's settings and its input topics: the events
+    topic and ``extra_topics`` (the rules file's ``[[debezium]]`` topics, created by
+    Kafka Connect: faust never declares a topic that is not internal, so their
+    partition counts are theirs). Raw bytes in: decoding is ours, at the edge."""
     app = faust.App(
         settings.consumer_group,
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
@@ -117,6 +123,7 @@ def faust_app(
     )
     events_topic = app.topic(
         settings.events_topic,
+        *extra_topics,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -124,6 +131,21 @@ def faust_app(
         partitions=settings.topic_partitions,
     )
     return app, events_topic
+
+
+def input_topics(settings: WorkerSettings, rules: Rules) -> tuple[str, ...]:
+    """The topics the worker consumes: its events topic, then every ``[[debezium]]``
+    topic of the rules file.
+
+    Raises:
+        ConfigError: a mistake in the rules file's input tables, or a Debezium topic
+            that is one of the worker's own.
+    """
+    return check_topics(
+        sources_of(rules),
+        events=settings.events_topic,
+        outputs=(settings.audit_topic, settings.dlq_topic),
+    )
 
 
 def kafka_state(app: Any) -> tuple[str | None, int]:
@@ -155,6 +177,7 @@ def check_config(settings: WorkerSettings) -> tuple[Rules, MonitorConfig]:
     from .kafka import client_config
 
     rules = load_rules(settings.rules_file or None)
+    input_topics(settings, rules)  # the [[debezium]] and [cloudevents] tables
     monitor_config = MonitorConfig.from_env().checked(settings)
     try:
         client_config(settings)
@@ -165,6 +188,7 @@ def check_config(settings: WorkerSettings) -> tuple[Rules, MonitorConfig]:
         ) from None
     if not settings.kafka_bootstrap.strip():
         raise ConfigError("CACHEBUS_KAFKA_BOOTSTRAP is empty")
+    tracing.configure()  # OTEL_TRACES_EXPORTER naming an exporter that is not installed
     return rules, monitor_config
 
 
@@ -178,8 +202,10 @@ def create_app(
 ) -> faust.App:
     """Build the faust app for these settings (the health server is :func:`run`'s)."""
     rules = rules or load_rules(settings.rules_file or None)
+    tracing.configure()  # OTEL_TRACES_EXPORTER: ConfigError if its exporter is missing
     wid = worker_id(settings)
-    app, events_topic = faust_app(settings, wid, data_dir(settings))
+    topics = input_topics(settings, rules)  # ConfigError: refuse to start
+    app, events_topic = faust_app(settings, wid, data_dir(settings), topics[1:])
     health = health or HealthState()
     life = lifecycle or Lifecycle(health)
     state: dict[str, Any] = {}
@@ -260,8 +286,15 @@ def create_app(
                         for k, v in out.dead_letters
                     ]
                     futures += [
-                        await producer.send(settings.audit_topic, k, v, None, None, None)
-                        for k, v in out.audits
+                        await producer.send(
+                            settings.audit_topic,
+                            k,
+                            v,
+                            None,
+                            None,
+                            None if audit.trace is None else audit.trace.headers(),
+                        )
+                        for (k, v), audit in zip(out.audits, out.audit_events, strict=True)
                     ]
                     await in_flight.put(InFlight(events, records, out, futures, sample))
                 except asyncio.CancelledError:
@@ -314,6 +347,7 @@ def create_app(
         worker_id=wid,
         group=settings.consumer_group,
         events_topic=settings.events_topic,
+        debezium_topics=list(topics[1:]),
         audit_topic=settings.audit_topic,
         dlq_topic=settings.dlq_topic,
         prefix=settings.prefix,
@@ -334,10 +368,10 @@ def _observe(
     for outcome, count in outcomes.items():
         metrics.EVENTS.labels(outcome).inc(count)
     metrics.BATCH_SIZE.observe(len(records))
-    now_ms = time.time() * 1000
+    now = time.time()
     for record in records:
         if record.timestamp_ms:
-            metrics.EVENT_LAG_MS.observe(max(0.0, now_ms - record.timestamp_ms))
+            metrics.EVENT_LAG_SECONDS.observe(max(0.0, now - record.timestamp_ms / 1000))
     for event in events:
         processed[event.message.tp] = event.message.offset
     for tp, offset in processed.items():

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the worker."""
+"""Prometheus metrics of the worker (``GET /metrics``; names by the Prometheus
+conventions: base units, ``_total`` for counters; docs/operations.md lists them)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ REDIS_RETRIES = Counter("cachebus_redis_retries_total", "Batches retried because
 CONSUMER_LAG = Gauge(
     "cachebus_consumer_lag", "Records behind the partition's high-water mark", ["partition"]
 )
-EVENT_LAG_MS = Histogram(
-    "cachebus_event_lag_ms",
-    "Produce-to-audited latency of events, milliseconds",
-    buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 30000),
+EVENT_LAG_SECONDS = Histogram(
+    "cachebus_event_lag_seconds",
+    "Produce-to-audited latency of events (record timestamp to its audit delivered), seconds",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 DURABILITY_SHORTFALLS = Counter(
     "cachebus_durability_shortfalls_total",

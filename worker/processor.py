@@ -27,7 +27,8 @@ from .applier import Applier
 from .audit import SourceRecord, audit_event, dead_letter, now_rfc3339, to_bytes
 from .audit_event import AuditEvent
 from .errors import InvalidEventError
-from .events import DocumentEvent, parse_event
+from .events import DocumentEvent, event_fields
+from .inputs import Tombstone, decode, tombstone_audit
 from .planner import Plan, plan
 from .results import Applied, ApplyResult, DeadLettered
 from .rules import Rules
@@ -57,21 +58,6 @@ class Outbound:
     """The audit events, in record order (for reports)."""
     audit_docs: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
     """The audit events as encoded (key, JSON), for readers of the wire form."""
-
-
-def check_key(key: bytes | None, event: DocumentEvent) -> None:
-    """A record's key must be its event's ``doc_id`` (UTF-8), or absent. Another key
-    may put the document's events on several partitions, where nothing orders them
-    (see schemas/README.md): such a record is dead-lettered (``key_mismatch``)."""
-    if key is None or key == event.doc_id.encode("utf-8", "surrogatepass"):
-        return
-    shown = key[:200].decode("utf-8", "backslashreplace")
-    raise InvalidEventError(
-        "key_mismatch",
-        f"record key {shown!r} is not the event's doc_id {event.doc_id[:200]!r}: "
-        "publish each event with key = doc_id (UTF-8) so one document's events share a "
-        "partition and stay in order",
-    )
 
 
 class Processor:
@@ -147,14 +133,24 @@ class Processor:
         good: list[tuple[int, DocumentEvent, Plan]] = []
         audits: list[AuditEvent | None] = [None] * len(records)
         for i, record in enumerate(records):
+            event: DocumentEvent | Tombstone | None = None
             try:
-                event = parse_event(record.value, max_bytes=self.settings.max_event_bytes)
-                check_key(record.key, event)
+                event = decode(record, self.rules, max_bytes=self.settings.max_event_bytes)
+                if isinstance(event, Tombstone):  # Debezium's, after a delete: nothing to do
+                    if event.audit:
+                        audits[i] = tombstone_audit(
+                            record, event, worker_id=self.worker_id, replay=self.replay
+                        )
+                        out.outcomes["skipped_tombstone"] = (
+                            out.outcomes.get("skipped_tombstone", 0) + 1
+                        )
+                    continue
                 good.append((i, event, plan(event, self.rules, self.keys)))
             except InvalidEventError as exc:
-                self._dead_letter(out, audits, i, record, exc.reason, exc.detail)
+                self._dead_letter(out, audits, i, record, exc.reason, exc.detail, exc.fields)
             except CacheBusError as exc:  # e.g. an id the key scheme refuses
-                self._dead_letter(out, audits, i, record, "processing_error", str(exc))
+                fields = event_fields(event) if isinstance(event, DocumentEvent) else None
+                self._dead_letter(out, audits, i, record, "processing_error", str(exc), fields)
 
         trace.mark_planned()
         applied = await self._apply([(e, p) for _, e, p in good])
@@ -203,7 +199,10 @@ class Processor:
         record: SourceRecord,
         reason: str,
         detail: str,
+        fields: dict[str, str] | None = None,
     ) -> None:
+        """``fields``: what the record says about itself (:func:`worker.inputs.decode`);
+        None: peeked from its bytes as a native event."""
         log.warning(
             "event dead-lettered",
             reason=reason,
@@ -211,11 +210,14 @@ class Processor:
             partition=record.partition,
             offset=record.offset,
         )
-        out.dead_letters.append(
-            (record.key, to_bytes(dead_letter(record, reason, detail, worker_id=self.worker_id)))
-        )
+        letter = dead_letter(record, reason, detail, worker_id=self.worker_id, fields=fields)
+        out.dead_letters.append((record.key, to_bytes(letter)))
         audits[i] = audit_event(
-            record, DeadLettered(reason, detail), worker_id=self.worker_id, replay=self.replay
+            record,
+            DeadLettered(reason, detail),
+            worker_id=self.worker_id,
+            replay=self.replay,
+            fields=fields,
         )
         out.outcomes["dead_lettered"] = out.outcomes.get("dead_lettered", 0) + 1
 

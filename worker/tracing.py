@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,20 @@ if TYPE_CHECKING:
     from .audit_event import AuditEvent
 
 DEFAULT_SERVICE = "cachebus-worker"
+TRACER_PROVIDER: Any = None
+"""The tracer provider of the worker's spans; None: the global one (tests set their
+own, with an in-memory exporter)."""
+
+
+def _tracer() -> Any:
+    """The worker's tracer, or None when no provider records spans."""
+    if TRACER_PROVIDER is not None:
+        return TRACER_PROVIDER.get_tracer("cachebus.worker")
+    if not lib.recording():
+        return None
+    from opentelemetry import trace
+
+    return trace.get_tracer("cachebus.worker")
 
 
 def configure(service_name: str = DEFAULT_SERVICE) -> bool:
@@ -104,8 +120,9 @@ def record_context(record: SourceRecord) -> TraceContext | None:
 class BatchTrace:
     """The phases of one batch (``time.time_ns()``) and the spans they become.
 
-    :meth:`mark` records a phase's end; :meth:`audit_context` makes the record's spans
-    (if it carries a trace context) and returns what its audit event carries."""
+    :meth:`mark_planned` and :meth:`mark_applied` record the phases;
+    :meth:`audit_context` makes a record's spans (if it carries a trace context) and
+    returns what its audit event carries."""
 
     tracer: Any
     """The worker's tracer, or None when no provider records spans."""
@@ -115,12 +132,7 @@ class BatchTrace:
 
     @classmethod
     def begin(cls) -> BatchTrace:
-        tracer = None
-        if lib.recording():
-            from opentelemetry import trace
-
-            tracer = trace.get_tracer("cachebus.worker")
-        return cls(tracer)
+        return cls(_tracer())
 
     def mark_planned(self) -> None:
         self.planned = time.time_ns()
@@ -137,7 +149,7 @@ class BatchTrace:
             return parent
         from opentelemetry.trace import SpanKind, set_span_in_context
 
-        ctx = lib.extract_headers(parent.headers())
+        ctx = lib.extract_headers(record.headers)
         now = time.time_ns()
         planned = self.planned or self.started
         applied = self.applied or planned
@@ -157,6 +169,8 @@ class BatchTrace:
                 "cachebus.outcome": audit.outcome,
             },
         )
+        if not consume.is_recording():  # not sampled (e.g. the producer's flags 00)
+            return parent
         inner = set_span_in_context(consume)
         self.tracer.start_span("cachebus.plan", context=inner, start_time=self.started).end(
             end_time=planned
@@ -179,7 +193,7 @@ class BatchTrace:
             attributes={"cachebus.reason": audit.reason or ""} if audit.reason else None,
         ).end(end_time=now)
         consume.end(end_time=now)
-        return lib.current(inner) or parent
+        return _context_of(consume.get_span_context(), parent.tracestate) or parent
 
     def end(self, records: int, outcomes: dict[str, int]) -> None:
         """The batch's own span (only while spans are recorded)."""
@@ -190,3 +204,43 @@ class BatchTrace:
         self.tracer.start_span(
             "cachebus.batch", start_time=self.started, attributes=attributes
         ).end()
+
+
+@contextmanager
+def producer_headers(
+    topic: str, name: str = "cachebus.publish"
+) -> Iterator[list[tuple[str, bytes]] | None]:
+    """Kafka headers carrying the trace context for records produced inside this block
+    (None: there is none). The parent is the current span, else the ``TRACEPARENT`` /
+    ``TRACESTATE`` environment variables (how a CI job or a shell script hands its trace
+    to a command). While spans are recorded a producer span ``cachebus.publish``
+    continues it, and the headers name that span."""
+    env = TraceContext.parse(os.environ.get("TRACEPARENT"), os.environ.get("TRACESTATE"))
+    parent = lib.current() or env
+    tracer = _tracer()
+    if tracer is None:
+        yield None if parent is None else parent.headers()
+        return
+    from opentelemetry import trace
+
+    ctx = lib.extract_headers(parent.headers()) if parent is not None else None
+    with tracer.start_as_current_span(
+        name,
+        context=ctx,
+        kind=trace.SpanKind.PRODUCER,
+        attributes={"messaging.system": "kafka", "messaging.destination.name": topic},
+    ):
+        yield lib.inject_headers() or None
+
+
+def _context_of(span_context: Any, tracestate: str | None) -> TraceContext | None:
+    """A span's context as W3C headers carry it (what the propagator would write:
+    formatted here directly, once per traced record)."""
+    if not span_context.is_valid:
+        return None
+    state = span_context.trace_state.to_header() if span_context.trace_state else tracestate
+    return TraceContext(
+        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+        f"{int(span_context.trace_flags):02x}",
+        state or None,
+    )

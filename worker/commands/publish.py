@@ -84,7 +84,9 @@ async def publish(settings: WorkerSettings, stream: TextIO, *, validate: bool, o
 
     from worker.events import parse_event
     from worker.kafka import OVERSIZE_HEADROOM, client_config
+    from worker.tracing import configure, producer_headers
 
+    configure("cachebus-publish")  # OTEL_TRACES_EXPORTER (ConfigError: exporter missing)
     await ensure_events_topic(settings)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -100,19 +102,25 @@ async def publish(settings: WorkerSettings, stream: TextIO, *, validate: bool, o
     try:
         await producer.start()
         futures = []
-        for number, line in _lines(stream):
-            raw = line.encode("utf-8")
-            try:
-                event = parse_event(raw, max_bytes=settings.max_event_bytes)
-                key = event.doc_id.encode("utf-8")
-            except InvalidEventError as exc:
-                if validate:
-                    refused += 1
-                    print(f"line {number}: refused ({exc.reason}): {exc.detail}", file=sys.stderr)
-                    continue
-                key = None
-            futures.append(await producer.send(settings.events_topic, raw, key=key))
-            sent += 1
+        # The current trace context (or TRACEPARENT's) in every record's headers.
+        with producer_headers(settings.events_topic) as headers:
+            for number, line in _lines(stream):
+                raw = line.encode("utf-8")
+                try:
+                    event = parse_event(raw, max_bytes=settings.max_event_bytes)
+                    key = event.doc_id.encode("utf-8")
+                except InvalidEventError as exc:
+                    if validate:
+                        refused += 1
+                        print(
+                            f"line {number}: refused ({exc.reason}): {exc.detail}", file=sys.stderr
+                        )
+                        continue
+                    key = None
+                futures.append(
+                    await producer.send(settings.events_topic, raw, key=key, headers=headers)
+                )
+                sent += 1
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
