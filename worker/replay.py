@@ -243,8 +243,15 @@ async def replay(
                 outcome = await processor.process(records)
                 if producer is not None:
                     futures = [
-                        await producer.send(settings.audit_topic, v, key=k)
-                        for k, v in outcome.audits
+                        await producer.send(
+                            settings.audit_topic,
+                            v,
+                            key=k,
+                            headers=None if audit.trace is None else audit.trace.headers(),
+                        )
+                        for (k, v), audit in zip(
+                            outcome.audits, outcome.audit_events, strict=True
+                        )
                     ]
                     await asyncio.gather(*futures)
                 await processor.commit(outcome)

@@ -40,6 +40,10 @@ if TYPE_CHECKING:
     from .audit_event import AuditEvent
 
 DEFAULT_SERVICE = "cachebus-worker"
+CE_TRACEPARENT = "ce_traceparent"
+CE_TRACESTATE = "ce_tracestate"
+"""CloudEvents' distributed-tracing extension as binary-mode headers (read when a
+record has no plain ``traceparent``)."""
 TRACER_PROVIDER: Any = None
 """The tracer provider of the worker's spans; None: the global one (tests set their
 own, with an in-memory exporter)."""
@@ -112,7 +116,11 @@ def record_context(record: SourceRecord) -> TraceContext | None:
     """The producer's trace context in a record's headers (None: none, or invalid)."""
     parent = record.header(TRACEPARENT)
     if parent is None:
-        return None
+        # CloudEvents' distributed-tracing extension in binary mode: ce_traceparent.
+        parent = record.header(CE_TRACEPARENT)
+        if parent is None:
+            return None
+        return TraceContext.parse(parent, record.header(CE_TRACESTATE))
     return TraceContext.parse(parent, record.header(TRACESTATE))
 
 

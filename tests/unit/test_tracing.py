@@ -273,3 +273,22 @@ print("ok")
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_cloudevents_binary_mode_trace_extension_is_read() -> None:
+    """A binary-mode CloudEvent carries its trace context as ce_traceparent (the
+    distributed-tracing extension); a plain traceparent header wins when both exist."""
+    from worker.audit import SourceRecord
+    from worker.tracing import record_context
+
+    ce = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    plain = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    only_ce = SourceRecord("t", 0, 0, None, None, b"{}", (("ce_traceparent", ce.encode()),))
+    found = record_context(only_ce)
+    assert found is not None and found.traceparent == ce
+    both = SourceRecord(
+        "t", 0, 0, None, None, b"{}",
+        (("ce_traceparent", ce.encode()), ("traceparent", plain.encode())),
+    )
+    found = record_context(both)
+    assert found is not None and found.traceparent == plain
