@@ -55,6 +55,7 @@ from .processor import Processor
 from .rules import Rules, load_rules
 from .settings import WorkerSettings
 from .sources import check_topics, sources_of
+from .topic_watch import CHECK_INTERVAL, MissingTopicNoise, TopicWatch, forbid_auto_create
 from .web import HealthState
 
 log = structlog.get_logger("cachebus.worker")
@@ -205,6 +206,10 @@ def create_app(
     tracing.configure()  # OTEL_TRACES_EXPORTER: ConfigError if its exporter is missing
     wid = worker_id(settings)
     topics = input_topics(settings, rules)  # ConfigError: refuse to start
+    # Kafka Connect creates the Debezium topics: never this worker, even on a broker
+    # that auto-creates topics; one line while one is missing (worker.topic_watch).
+    forbid_auto_create(topics[1:])
+    MissingTopicNoise(topics[1:]).install()
     app, events_topic = faust_app(settings, wid, data_dir(settings), topics[1:])
     health = health or HealthState()
     life = lifecycle or Lifecycle(health)
@@ -237,6 +242,14 @@ def create_app(
         # Also while the agent is stuck retrying (Redis down), so the gauge grows.
         for tp, offset in processed.items():
             _set_lag(app, tp, offset)
+
+    if len(topics) > 1:
+        watch = TopicWatch(topics[1:])
+
+        @app.timer(interval=CHECK_INTERVAL)  # type: ignore[untyped-decorator]
+        async def watch_input_topics() -> None:
+            # Until every Debezium topic exists: its partitions are consumed once it does.
+            await watch.check(app)  # never raises
 
     if settings.fence_check_interval > 0:
 
@@ -389,6 +402,6 @@ def _set_lag(app: faust.App, tp: Any, offset: int) -> None:
     except Exception:  # metrics must never take the agent down
         return
     if highwater is not None:
-        metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwater - offset - 1))
+        metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - offset - 1))
 
 

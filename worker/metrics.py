@@ -19,7 +19,9 @@ BATCH_SIZE = Histogram(
 )
 REDIS_RETRIES = Counter("cachebus_redis_retries_total", "Batches retried because Redis failed")
 CONSUMER_LAG = Gauge(
-    "cachebus_consumer_lag", "Records behind the partition's high-water mark", ["partition"]
+    "cachebus_consumer_lag",
+    "Records behind the partition's high-water mark",
+    ["topic", "partition"],
 )
 EVENT_LAG_SECONDS = Histogram(
     "cachebus_event_lag_seconds",
