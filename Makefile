@@ -1,13 +1,16 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit lint bench bench-quick
+.PHONY: setup demo demo-cdc test test-unit lint bench bench-quick
 
 setup:            ## install redis-server, Java/Maven, the package and Kafka jars
 	bash scripts/setup.sh
 
 demo: setup       ## local Kafka + Redis + worker + a content-pipeline scenario
 	$(PYTHON) -m devtools.demo
+
+demo-cdc: setup   ## PostgreSQL -> Debezium (Kafka Connect) -> Kafka -> worker -> Redis, on loopback
+	$(PYTHON) -m devtools.demo_cdc
 
 test: setup       ## the whole suite, real Redis, Redis Cluster and Kafka
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

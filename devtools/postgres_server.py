@@ -14,13 +14,15 @@ needed::
         pg.sql("INSERT INTO t VALUES ('a')")
         rows = pg.rows("SELECT id FROM t")  # [["a"]]
 
-Command line (a server in the foreground until Ctrl-C)::
+Command line (a server in the foreground until Ctrl-C; ``--password-env VAR`` sets the
+password from ``$VAR``, else it is random)::
 
-    python -m devtools.postgres_server
+    PGPW=secret python -m devtools.postgres_server --password-env PGPW
 """
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import os
@@ -442,16 +444,30 @@ class PostgresServer:
         return f"--- last lines of {self.log_file} ---\n{text.rstrip()}" if text else ""
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m devtools.postgres_server``: a server in the foreground until Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.postgres_server",
+        description="A private PostgreSQL (wal_level=logical) on loopback until Ctrl-C.",
+    )
+    parser.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="take the postgres user's password from this environment variable "
+        "(default: a random one, which is then not usable from outside)",
+    )
+    args = parser.parse_args(argv)
+    password = os.environ.get(args.password_env) if args.password_env else None
+    if args.password_env and not password:
+        print(f"error: ${args.password_env} is empty or unset", file=sys.stderr)
+        return 2
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        with PostgresServer() as pg:
+        with PostgresServer(password=password) as pg:
             print(f"PG_DSN='{pg.dsn}'", flush=True)
-            _progress(f"PostgreSQL {pg.version} ready (password in PGPASSWORD of psql_env()); "
-                      "Ctrl-C to stop")
+            _progress(f"PostgreSQL {pg.version} ready; Ctrl-C to stop")
             while not stop.wait(1.0):
                 if not pg.running:
                     _progress("PostgreSQL exited unexpectedly\n" + pg._log_report())

@@ -18,6 +18,9 @@ command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 # failure-mode tests (Debian's libfaketime recurses into jemalloc's clock_gettime
 # and redis-server never starts under it).
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+# PostgreSQL server binaries (/usr/lib/postgresql/<ver>/bin) for the change-data-capture test
+# and `make demo-cdc`; devtools.postgres_server runs its own private server from them.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get" >&2
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -25,6 +28,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 # A Debian redis-server package starts a system service on :6379; we never use it.
+# Likewise Debian's postgresql package may start a cluster on :5432; we never use it either.
 
 echo "setup: installing cachebus with the worker, dev and integration extras" >&2
 # The integrations too (LangChain, LlamaIndex, OpenAI-compatible and sentence-transformers
@@ -33,4 +37,6 @@ $PYTHON -m pip install -q --disable-pip-version-check -e ".[worker,dev,langchain
 
 echo "setup: resolving Apache Kafka jars from Maven Central (cached)" >&2
 $PYTHON -m devtools.kafka_broker kafka fetch
+echo "setup: resolving Kafka Connect and Debezium (Postgres connector) jars from Maven Central (cached)" >&2
+$PYTHON -m devtools.kafka_connect fetch >/dev/null
 echo "setup: done" >&2
