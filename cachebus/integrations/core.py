@@ -20,9 +20,8 @@ read-through programs; it adds no cache of its own:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +37,7 @@ from ..document_embeddings import (
     DocumentEmbeddingCache,
     DocumentEmbeddingCore,
 )
-from ..errors import CacheBusError, ConfigError
+from ..errors import ConfigError
 from ..keys import sha256_hex
 from ..lookup import Lookup, read_through
 from ..services import AsyncCachedEmbeddingService, CachedEmbeddingService
@@ -82,46 +81,6 @@ def _vectors(raw: Vectors, n: int) -> list[Vector]:
     return out
 
 
-class _ProviderFailed(Exception):
-    """Carries a provider's cachebus error (e.g. an ``EmbeddingProviderError``) through a
-    cache call, which would otherwise take a retriable ``CacheBusError`` for a Redis
-    failure, fail open and call the provider a second time. Unwrapped by
-    :func:`_provider_errors` at the edge."""
-
-    def __init__(self, error: CacheBusError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _shield(fn: EmbedFn) -> EmbedFn:
-    def run(texts: list[str]) -> Vectors:
-        try:
-            return fn(texts)
-        except CacheBusError as exc:
-            raise _ProviderFailed(exc) from exc
-
-    return run
-
-
-def _ashield(fn: AsyncEmbedFn) -> AsyncEmbedFn:
-    async def run(texts: list[str]) -> Vectors:
-        try:
-            return await fn(texts)
-        except CacheBusError as exc:
-            raise _ProviderFailed(exc) from exc
-
-    return run
-
-
-@contextlib.contextmanager
-def _provider_errors() -> Iterator[None]:
-    """The provider's own error comes out as it was raised."""
-    try:
-        yield
-    except _ProviderFailed as wrapped:
-        raise wrapped.error from None
-
-
 def to_thread(fn: EmbedFn) -> AsyncEmbedFn:
     """An async embed function running a sync one in a worker thread (the event loop
     is never blocked by a provider call)."""
@@ -144,6 +103,18 @@ def async_embed_of(embedder: Any) -> AsyncEmbedFn:
         afn: AsyncEmbedFn = embedder.embed
         return afn
     return to_thread(embedder.embed)
+
+
+def split_buses(
+    bus: CacheBus | AsyncCacheBus | None, async_bus: AsyncCacheBus | None
+) -> tuple[CacheBus | None, AsyncCacheBus | None]:
+    """The adapters' ``bus`` argument (sync or async) and ``async_bus``, as the sync and
+    the async bus to use (either may be None)."""
+    if isinstance(bus, AsyncCacheBus):
+        if async_bus is not None:
+            raise ConfigError("two AsyncCacheBus given: pass the sync one as bus")
+        return None, bus
+    return bus, async_bus
 
 
 def cache_names(
@@ -218,10 +189,10 @@ class EmbeddingFront:
         self.bus = bus
         self.async_bus = async_bus
         self.codec = codec
-        self._embed_query = _shield(embed_query)
-        self._embed_documents = _shield(embed_documents)
-        self._aembed_query = _ashield(aembed_query or to_thread(embed_query))
-        self._aembed_documents = _ashield(aembed_documents or to_thread(embed_documents))
+        self._embed_query = embed_query
+        self._embed_documents = embed_documents
+        self._aembed_query = aembed_query or to_thread(embed_query)
+        self._aembed_documents = aembed_documents or to_thread(embed_documents)
         self._sync: dict[str, CachedEmbeddingService] = {}
         self._async: dict[str, AsyncCachedEmbeddingService] = {}
 
@@ -266,8 +237,7 @@ class EmbeddingFront:
         return self.queries([text])[0]
 
     def queries(self, texts: Sequence[str]) -> list[Vector]:
-        with _provider_errors():
-            return self.query_service().embed_batch(texts)
+        return self.query_service().embed_batch(texts)
 
     async def aquery(self, text: str) -> Vector:
         return (await self.aqueries([text]))[0]
@@ -276,20 +246,17 @@ class EmbeddingFront:
         service = self._aservice("query", self.model_version, self._aembed_query)
         if service is None:
             return await asyncio.to_thread(self.queries, texts)
-        with _provider_errors():
-            return await service.embed_batch(texts)
+        return await service.embed_batch(texts)
 
     # ------------------------------------------------------------------ texts without ids
     def documents(self, texts: Sequence[str]) -> list[Vector]:
-        with _provider_errors():
-            return self.documents_service().embed_batch(texts)
+        return self.documents_service().embed_batch(texts)
 
     async def adocuments(self, texts: Sequence[str]) -> list[Vector]:
         service = self._aservice("documents", self.documents_version, self._aembed_documents)
         if service is None:
             return await asyncio.to_thread(self.documents, texts)
-        with _provider_errors():
-            return await service.embed_batch(texts)
+        return await service.embed_batch(texts)
 
     # ------------------------------------------------------------------ chunks with ids
     def document_cache(self) -> DocumentEmbeddingCache:
@@ -313,12 +280,11 @@ class EmbeddingFront:
             texts = [c.text for c in unique]
             return _vectors(self._embed_documents(texts), len(texts))
 
-        with _provider_errors():
-            vectors = cache.run(
-                chunk_read_through(cache.core, unique, compute),
-                fallback=direct,
-                what="embed_chunks (embedder called directly)",
-            )
+        vectors = cache.run(
+            chunk_read_through(cache.core, unique, compute),
+            fallback=direct,
+            what="embed_chunks (embedder called directly)",
+        )
         return _in_order(items, unique, vectors)
 
     async def achunks(self, doc_id: str, chunks: Sequence[Chunk]) -> list[Vector]:
@@ -341,12 +307,11 @@ class EmbeddingFront:
             texts = [c.text for c in unique]
             return _vectors(await self._aembed_documents(texts), len(texts))
 
-        with _provider_errors():
-            vectors = await cache.run(
-                chunk_read_through(cache.core, unique, compute),
-                fallback=direct,
-                what="embed_chunks (embedder called directly)",
-            )
+        vectors = await cache.run(
+            chunk_read_through(cache.core, unique, compute),
+            fallback=direct,
+            what="embed_chunks (embedder called directly)",
+        )
         return _in_order(items, unique, vectors)
 
 

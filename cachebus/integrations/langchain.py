@@ -29,7 +29,14 @@ from ..bus import AsyncCacheBus, CacheBus  # noqa: E402
 from ..codecs import Vector, VectorCodec  # noqa: E402
 from ..embedders import Embedder  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
-from .core import Chunk, EmbeddingFront, Vectors, async_embed_of, cache_names  # noqa: E402
+from .core import (  # noqa: E402
+    Chunk,
+    EmbeddingFront,
+    Vectors,
+    async_embed_of,
+    cache_names,
+    split_buses,
+)
 
 
 def _floats(vector: Vector) -> list[float]:
@@ -78,13 +85,7 @@ class CachedEmbeddings(Embeddings):
         async_bus: AsyncCacheBus | None = None,
         codec: VectorCodec | None = None,
     ) -> None:
-        sync_bus: CacheBus | None = None
-        if isinstance(bus, AsyncCacheBus):
-            if async_bus is not None:
-                raise ConfigError("two AsyncCacheBus given: pass the sync one as bus")
-            async_bus = bus
-        elif bus is not None:
-            sync_bus = bus
+        sync_bus, async_bus = split_buses(bus, async_bus)
         self.embedder = embedder
         if isinstance(embedder, Embeddings):
             name, version = cache_names(embedder, model, model_version, foreign="LangChain")

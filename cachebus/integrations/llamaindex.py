@@ -32,7 +32,14 @@ from ..codecs import Vector, VectorCodec  # noqa: E402
 from ..embedders import Embedder  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..warming import content_hash  # noqa: E402
-from .core import Chunk, EmbeddingFront, Vectors, async_embed_of, cache_names  # noqa: E402
+from .core import (  # noqa: E402
+    Chunk,
+    EmbeddingFront,
+    Vectors,
+    async_embed_of,
+    cache_names,
+    split_buses,
+)
 
 
 def _floats(vector: Vector) -> list[float]:
@@ -98,13 +105,7 @@ class CachedEmbedding(BaseEmbedding):
         codec: VectorCodec | None = None,
         **kwargs: Any,
     ) -> None:
-        sync_bus: CacheBus | None = None
-        if isinstance(bus, AsyncCacheBus):
-            if async_bus is not None:
-                raise ConfigError("two AsyncCacheBus given: pass the sync one as bus")
-            async_bus = bus
-        elif bus is not None:
-            sync_bus = bus
+        sync_bus, async_bus = split_buses(bus, async_bus)
         if isinstance(embedder, BaseEmbedding):
             if model_name is None and embedder.model_name in ("", "unknown"):
                 raise ConfigError(
