@@ -226,7 +226,7 @@ def create_app(
             state["processor"] = Processor(
                 Applier(redis, settings), settings, rules, worker_id=wid, health=health
             )
-            monitor = Monitor(redis, settings, monitor_config, worker_id=wid)
+            monitor = Monitor(redis, settings, monitor_config, worker_id=wid, rules=rules)
             monitor.start()  # its checks run in a task of their own
             state["monitor"] = monitor
         proc: Processor = state["processor"]

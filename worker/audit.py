@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 
 from .audit_event import AuditEvent, Source
-from .events import DocumentEvent, peek_fields
+from .events import PEEKED, DocumentEvent, peek_fields, peek_text
 from .results import Result
 
 MAX_DLQ_ORIGINAL = 256 * 1024
@@ -96,10 +97,13 @@ def audit_event(
     replay: bool,
     event: DocumentEvent | None = None,
     processed_at: str | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> AuditEvent:
     """The audit event of one input record (``processed_at``: the batch's time, now
     when not given). ``event``: the record's parsed event (None when it was dead-lettered
-    before it could be read: what it says about itself is peeked from its bytes)."""
+    before it could be read: what it says about itself is then ``fields``, what the
+    decode step could read (:attr:`~worker.errors.InvalidEventError.fields`), or when
+    not given, peeked from its bytes as a native event)."""
     if event is not None:
         return AuditEvent(
             event_id=event.event_id,
@@ -114,7 +118,7 @@ def audit_event(
             worker_id=worker_id,
             replay=replay,
         )
-    found = _peek_all(record.value)
+    found = _peek_all(record.value) if fields is None else _known(fields)
     return AuditEvent(
         event_id=found["event_id"],
         doc_id=found["doc_id"],
@@ -132,17 +136,26 @@ def audit_event(
 
 def _peek_all(value: bytes | None) -> dict[str, str | None]:
     """What a dead-lettered record says about itself, as far as it can be read."""
-    names = ("event_id", "doc_id", "collection", "event_type")
     if not value or len(value) > MAX_DLQ_ORIGINAL:
-        return dict.fromkeys(names)
-    found = peek_fields(value, names)
-    return {name: found.get(name) for name in names}
+        return dict.fromkeys(PEEKED)
+    found = peek_fields(value, PEEKED)
+    return {name: found.get(name) for name in PEEKED}
+
+
+def _known(fields: Mapping[str, str]) -> dict[str, str | None]:
+    return {name: peek_text(fields.get(name)) for name in PEEKED}
 
 
 def dead_letter(
-    record: SourceRecord, reason: str, detail: str, *, worker_id: str
+    record: SourceRecord,
+    reason: str,
+    detail: str,
+    *,
+    worker_id: str,
+    fields: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The dead-letter envelope: reason, detail and the original bytes."""
+    """The dead-letter envelope: reason, detail and the original bytes; its
+    ``event_id`` from ``fields`` (as :func:`audit_event`), else peeked from the bytes."""
     value = record.value or b""
     truncated = len(value) > MAX_DLQ_ORIGINAL
     kept = value[:MAX_DLQ_ORIGINAL]
@@ -157,7 +170,13 @@ def dead_letter(
         "original_size": len(value),
         "original_truncated": truncated,
         "source": record.source().to_json(),
-        "event_id": None if truncated else peek_fields(kept, ("event_id",)).get("event_id"),
+        "event_id": (
+            peek_text(fields.get("event_id"))
+            if fields is not None
+            else None
+            if truncated
+            else peek_fields(kept, ("event_id",)).get("event_id")
+        ),
         "dead_lettered_at": now_rfc3339(),
         "worker_id": worker_id,
     }

@@ -17,9 +17,10 @@ from cachebus.keys import encode_part
 from cachebus.rerank_scores import AsyncRerankScoreCache
 
 from .audit import SourceRecord
-from .events import parse_event
+from .inputs import Tombstone, decode
 from .monitor_config import MAX_ARM_PER_BATCH, MonitorConfig
 from .monitor_stats import CANARIES, MonitorStats
+from .rules import Rules
 from .settings import WorkerSettings
 
 
@@ -58,6 +59,8 @@ class CanarySampler(MonitorStats):
 
     config: MonitorConfig
     settings: WorkerSettings
+    rules: Rules
+    """The worker's rules: their input tables say how a record is decoded."""
     cache: AsyncRerankScoreCache
     worker_id: str
     ttl: int
@@ -82,7 +85,9 @@ class CanarySampler(MonitorStats):
             self._error("arming canaries", TimeoutError(f"{len(pending)} canaries not armed"))
 
     def _pick(self, records: Sequence[SourceRecord]) -> list[tuple[str, int]]:
-        """Sampled events whose document has no live canary: (doc_id, version)."""
+        """Sampled events whose document has no live canary: (doc_id, version). A
+        record is read by the processor's decode step (:func:`worker.inputs.decode`):
+        native events, CloudEvents and Debezium change events alike."""
         picked: dict[str, int] = {}
         for record in records:
             if len(picked) >= MAX_ARM_PER_BATCH:
@@ -90,7 +95,9 @@ class CanarySampler(MonitorStats):
             if not self._sampled():
                 continue
             try:
-                event = parse_event(record.value, max_bytes=self.settings.max_event_bytes)
+                event = decode(record, self.rules, max_bytes=self.settings.max_event_bytes)
+                if isinstance(event, Tombstone):
+                    continue  # Debezium's, after a delete: nothing is applied
                 encode_part(event.doc_id)
             except CacheBusError:
                 continue  # dead-lettered by the processor

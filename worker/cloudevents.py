@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import re
 import uuid
@@ -33,10 +34,18 @@ from typing import Any, TypeGuard
 
 from .audit import SourceRecord
 from .errors import InvalidEventError
-from .events import DocumentEvent, event_from_dict, loads_json
+from .events import DocumentEvent, event_from_dict, loads_json, peeked
 from .sources import CloudEventsConfig
 
-__all__ = ["SPECVERSION", "decode_binary", "decode_structured", "is_binary", "is_structured"]
+__all__ = [
+    "SPECVERSION",
+    "decode_binary",
+    "decode_structured",
+    "is_binary",
+    "is_structured",
+    "peek_binary",
+    "peek_structured",
+]
 
 SPECVERSION = "1.0"
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://cachebus.dev/cloudevents")
@@ -97,6 +106,72 @@ def decode_structured(
             data = {}
     attrs = {name: envelope[name] for name in _ATTRIBUTES if name in envelope}
     return _to_event(record, attrs, data, config, "structured")
+
+
+def peek_binary(
+    record: SourceRecord, config: CloudEventsConfig, *, max_bytes: int
+) -> dict[str, str]:
+    """What a binary-mode CloudEvent that could not be decoded says about itself (see
+    :func:`_peek`): the attributes from its UTF-8 headers, the data from a JSON value
+    (when ``content-type`` allows JSON and the value is within ``max_bytes``)."""
+    attrs: dict[str, Any] = {}
+    for name in ("id", "source", "type", "subject"):
+        with contextlib.suppress(InvalidEventError):  # a header that is not UTF-8
+            attrs[name] = _header(record, f"ce_{name}")
+    try:
+        json_data = _json_media(_header(record, "content-type"))
+    except InvalidEventError:
+        json_data = False
+    data: Any = None
+    value = record.value
+    if value and len(value) <= max_bytes and json_data:
+        with contextlib.suppress(InvalidEventError, RecursionError):
+            data = loads_json(value)
+    return _peek(attrs, data, config)
+
+
+def peek_structured(envelope: dict[str, Any], config: CloudEventsConfig) -> dict[str, str]:
+    """What a structured-mode CloudEvent (its value read as JSON) that could not be
+    decoded says about itself (see :func:`_peek`)."""
+    data = envelope.get("data")
+    encoded = envelope.get("data_base64")
+    if isinstance(encoded, str) and data is None:
+        with contextlib.suppress(binascii.Error, ValueError, InvalidEventError, RecursionError):
+            data = loads_json(base64.b64decode(encoded, validate=True))
+    if not _json_media(envelope.get("datacontenttype")):
+        data = None
+    return _peek(envelope, data, config)
+
+
+def _json_media(found: Any) -> bool:
+    try:
+        _check_content_type(found, "")
+    except InvalidEventError:
+        return False
+    return True
+
+
+def _peek(attrs: dict[str, Any], data: Any, config: CloudEventsConfig) -> dict[str, str]:
+    """The fields of the document event a CloudEvent maps to, as far as its attributes
+    and data give them, never guessed: ``event_id`` derived as :func:`event_id` does
+    (the ``id`` as found when there is no ``source``), ``doc_id`` = ``subject`` or
+    ``data.doc_id`` (none when they disagree), ``event_type`` mapped from ``type`` (the
+    ``type`` as found when it maps to none), ``collection`` from the data. Strings as
+    :func:`worker.events.peek_text` bounds them."""
+    if not isinstance(data, dict):
+        data = {}
+    found: dict[str, Any] = {"collection": data.get("collection")}
+    ce_id, source = attrs.get("id"), attrs.get("source")
+    if isinstance(ce_id, str) and ce_id:
+        found["event_id"] = event_id(source, ce_id) if isinstance(source, str) and source else ce_id
+    subject, doc_id = attrs.get("subject"), data.get("doc_id")
+    if subject is None or doc_id is None or subject == doc_id:
+        found["doc_id"] = doc_id if subject is None else subject
+    ce_type = attrs.get("type")
+    if isinstance(ce_type, str) and ce_type:
+        kind = config.event_type(ce_type)
+        found["event_type"] = ce_type if kind is None else kind.value
+    return peeked(found)
 
 
 def _header(record: SourceRecord, name: str) -> str | None:

@@ -27,6 +27,7 @@ a :class:`Tombstone`, never an error.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -39,10 +40,10 @@ from cachebus.events import EventType
 
 from .audit import SourceRecord
 from .errors import InvalidEventError
-from .events import DocumentEvent, event_from_dict, loads_json
+from .events import DocumentEvent, event_from_dict, loads_json, peeked
 from .sources import LSN, DebeziumSource
 
-__all__ = ["UNAVAILABLE", "Tombstone", "decode_debezium", "key_doc_id"]
+__all__ = ["UNAVAILABLE", "Tombstone", "decode_debezium", "key_doc_id", "peek_debezium"]
 
 UNAVAILABLE = "__debezium_unavailable_value"
 """Debezium's placeholder for an unchanged TOASTed column (``unavailable.value.placeholder``)."""
@@ -193,6 +194,66 @@ def decode_debezium(
         raise InvalidEventError(
             exc.reason, f"{exc.detail} (mapped from Debezium topic {record.topic!r})"
         ) from None
+
+
+def peek_debezium(
+    record: SourceRecord, source: DebeziumSource, *, max_bytes: int
+) -> dict[str, str]:
+    """What a record of a Debezium topic that could not be decoded says about itself,
+    through the mapping and never guessed, for its audit and dead letter:
+
+    * ``doc_id``: the mapped column of the row (``after``, ``before`` for ``d``), else
+      of the record key (the primary key) when it holds that column;
+    * ``collection``: ``collection_value``, else the mapped column of the row;
+    * ``event_type``: the mapped ``op`` (none for an unknown op);
+    * ``event_id``: as :func:`decode_debezium` derives it, when the op maps and
+      ``source`` and the doc_id are there.
+
+    Strings as :func:`worker.events.peek_text` bounds them. Never raises."""
+    try:
+        return _peek(record, source, max_bytes)
+    except (InvalidEventError, RecursionError, TypeError, ValueError):
+        return {}
+
+
+def _peek(record: SourceRecord, source: DebeziumSource, max_bytes: int) -> dict[str, str]:
+    found: dict[str, Any] = {
+        "doc_id": key_doc_id(record.key, source.doc_id),
+        "collection": source.collection_value,
+    }
+    value = record.value
+    if value is None or len(value) > max_bytes:
+        return peeked(found)
+    try:
+        data = loads_json(value)
+    except InvalidEventError:
+        return peeked(found)
+    if isinstance(data, dict) and "payload" in data and "schema" in data:
+        data = data["payload"]
+    if not isinstance(data, dict):
+        return peeked(found)
+    op = data.get("op")
+    kind = OPS.get(op) if isinstance(op, str) else None
+    if kind is not None:
+        assert isinstance(op, str)
+        found["event_type"] = kind.value
+        doc_id = found["doc_id"]
+        side = "before" if kind is EventType.DELETED else "after"
+        row = data.get(side)
+        previous = data.get("before") if side == "after" else None
+        if isinstance(row, dict):
+            cols = _Columns(row, previous if isinstance(previous, dict) else None, op, side)
+            with contextlib.suppress(InvalidEventError):  # e.g. a boolean: not an id
+                found["doc_id"] = _id_text(cols.get(source.doc_id), source.doc_id) or doc_id
+            if source.collection is not None:
+                collection = cols.get(source.collection)
+                if isinstance(collection, str) and collection:
+                    found["collection"] = collection
+    src = data.get("source")
+    doc_id = found["doc_id"]
+    if kind is not None and isinstance(src, dict) and isinstance(doc_id, str):
+        found["event_id"] = _event_id(src, src.get("lsn"), doc_id, record.topic)
+    return peeked(found)
 
 
 def _tombstone(record: SourceRecord, source: DebeziumSource) -> Tombstone:

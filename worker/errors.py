@@ -20,6 +20,11 @@ class InvalidEventError(CacheBusError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.fields: dict[str, str] | None = None
+        """What the record says about itself as far as it could be read (``event_id``,
+        ``doc_id``, ``collection``, ``event_type``; bounded UTF-8 text), set by the decode
+        step (:func:`worker.inputs.decode`) for the audit and the dead letter; None when
+        not set (they then peek at a native event's fields)."""
 
 
 class ReplayRefused(CacheBusError):

@@ -14,16 +14,39 @@ from .errors import InvalidEventError
 from .schemas import validator
 
 __all__ = [
+    "MAX_PEEK_CHARS",
+    "PEEKED",
     "DocumentEvent",
     "EventType",
     "check_key",
+    "event_fields",
     "event_from_dict",
     "loads_json",
     "parse_event",
     "peek_field",
     "peek_fields",
+    "peek_text",
+    "peeked",
 ]
 SUPPORTED_SCHEMA_VERSION = 1
+
+
+PEEKED = ("event_id", "doc_id", "collection", "event_type")
+"""The fields an audit of a record that could not be processed still reports."""
+MAX_PEEK_CHARS = 1024
+"""Longer strings are not reported (an audit stays small, its key bounded)."""
+
+
+def peek_text(value: Any) -> str | None:
+    """``value`` if it is a string an audit may carry: at most :data:`MAX_PEEK_CHARS`
+    characters of text (UTF-8 encodable: no lone surrogate); else None."""
+    if not isinstance(value, str) or len(value) > MAX_PEEK_CHARS:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 def peek_fields(value: bytes, names: tuple[str, ...]) -> dict[str, str]:
@@ -35,16 +58,30 @@ def peek_fields(value: bytes, names: tuple[str, ...]) -> dict[str, str]:
         return {}
     if not isinstance(data, dict):
         return {}
+    return peeked({name: data.get(name) for name in names})
+
+
+def peeked(fields: dict[str, Any]) -> dict[str, str]:
+    """The entries of ``fields`` an audit may carry (:func:`peek_text`)."""
     out = {}
-    for name in names:
-        found = data.get(name)
-        if isinstance(found, str) and len(found) <= 1024:
-            try:
-                found.encode("utf-8")
-            except UnicodeEncodeError:
-                continue
-            out[name] = found
+    for name, value in fields.items():
+        text = peek_text(value)
+        if text is not None:
+            out[name] = text
     return out
+
+
+def event_fields(event: DocumentEvent) -> dict[str, str]:
+    """What a decoded event says about itself (:data:`PEEKED`), for the audit of a
+    record dead-lettered after it was decoded (``key_mismatch``, ``processing_error``)."""
+    return peeked(
+        {
+            "event_id": event.event_id,
+            "doc_id": event.doc_id,
+            "collection": event.collection,
+            "event_type": event.event_type.value,
+        }
+    )
 
 
 def parse_event(value: bytes | None, *, max_bytes: int) -> DocumentEvent:

@@ -19,11 +19,27 @@ from __future__ import annotations
 
 from cachebus.errors import ConfigError
 
-from .audit import SourceRecord, _lag_ms, now_rfc3339
+from .audit import MAX_DLQ_ORIGINAL, SourceRecord, _lag_ms, now_rfc3339
 from .audit_event import AuditEvent
-from .cloudevents import decode_binary, decode_structured, is_binary, is_structured
-from .debezium import Tombstone, decode_debezium
-from .events import DocumentEvent, check_key, loads_json, parse_event
+from .cloudevents import (
+    decode_binary,
+    decode_structured,
+    is_binary,
+    is_structured,
+    peek_binary,
+    peek_structured,
+)
+from .debezium import Tombstone, decode_debezium, peek_debezium
+from .errors import InvalidEventError
+from .events import (
+    PEEKED,
+    DocumentEvent,
+    check_key,
+    event_fields,
+    loads_json,
+    parse_event,
+    peek_fields,
+)
 from .results import SkippedTombstone
 from .rules import Rules
 from .sources import sources_of
@@ -35,27 +51,63 @@ _SPECVERSION = b'"specversion"'
 
 def decode(record: SourceRecord, rules: Rules, *, max_bytes: int) -> DocumentEvent | Tombstone:
     """The record's document event (or a Debezium tombstone). Raises
-    :class:`~worker.errors.InvalidEventError` with the dead-letter reason."""
+    :class:`~worker.errors.InvalidEventError` with the dead-letter reason, and in its
+    ``fields`` what the record says about itself as far as it could be read (through
+    the format's mapping: a CloudEvent's id, subject and type, a Debezium row's
+    doc_id, collection and op), for the audit and the dead letter."""
     try:
         sources = sources_of(rules)  # checked at start-up (worker, replay): cached here
     except ConfigError as exc:  # not the record's fault: never dead-letter for it
         raise RuntimeError(f"the rules' input tables are invalid: {exc}") from None
     debezium = sources.debezium.get(record.topic)
     if debezium is not None:
-        return decode_debezium(record, debezium, max_bytes=max_bytes)
+        try:
+            return decode_debezium(record, debezium, max_bytes=max_bytes)
+        except InvalidEventError as exc:
+            exc.fields = peek_debezium(record, debezium, max_bytes=max_bytes)
+            raise
+    config = sources.cloudevents
     if is_binary(record):
-        event = decode_binary(record, sources.cloudevents, max_bytes=max_bytes)
+        try:
+            event = decode_binary(record, config, max_bytes=max_bytes)
+        except InvalidEventError as exc:
+            exc.fields = peek_binary(record, config, max_bytes=max_bytes)
+            raise
     else:
         value = record.value
         data = None
         if value is not None and len(value) <= max_bytes and _SPECVERSION in value:
-            data = loads_json(value)
+            try:
+                data = loads_json(value)
+            except InvalidEventError as exc:  # as before: a native event's own fields
+                exc.fields = _peek_native(value)
+                raise
         if is_structured(data):
-            event = decode_structured(record, data, sources.cloudevents)
+            try:
+                event = decode_structured(record, data, config)
+            except InvalidEventError as exc:
+                exc.fields = peek_structured(data, config)
+                raise
         else:
-            event = parse_event(value, max_bytes=max_bytes)
-    check_key(record.key, event)
+            try:
+                event = parse_event(value, max_bytes=max_bytes)
+            except InvalidEventError as exc:
+                exc.fields = _peek_native(value)
+                raise
+    try:
+        check_key(record.key, event)
+    except InvalidEventError as exc:
+        exc.fields = event_fields(event)
+        raise
     return event
+
+
+def _peek_native(value: bytes | None) -> dict[str, str]:
+    """A native event's own fields, when its value is small enough to be kept whole in
+    the dead letter."""
+    if not value or len(value) > MAX_DLQ_ORIGINAL:
+        return {}
+    return peek_fields(value, PEEKED)
 
 
 def tombstone_audit(

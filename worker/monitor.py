@@ -98,6 +98,7 @@ from .monitor_schedule import Schedule as Schedule
 from .monitor_schedule import invalidates_doc as invalidates_doc
 from .monitor_schedule import safe_doc_id as safe_doc_id
 from .monitor_stats import CANARIES, MonitorCounts
+from .rules import Rules, load_rules
 from .settings import WorkerSettings
 from .verify import BUCKET_SECONDS as BUCKET_SECONDS
 from .verify import BUCKETS_SCRIPT as BUCKETS_SCRIPT
@@ -130,6 +131,7 @@ class Monitor(CanarySampler):
         config: MonitorConfig,
         *,
         worker_id: str,
+        rules: Rules | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -137,6 +139,8 @@ class Monitor(CanarySampler):
         self.config = config
         self.settings = settings
         self.worker_id = worker_id
+        # How records decode (the input tables); None: the shipped defaults.
+        self.rules = rules if rules is not None else load_rules(None)
         self.keys = KeyScheme(settings.prefix)
         # Strict: a Redis error must not read as a passed check. No metrics flush:
         # canary reads must not count in the rerank_scores layer's hit rate.

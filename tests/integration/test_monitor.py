@@ -23,6 +23,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,11 +35,12 @@ from cachebus.keys import KeyScheme, Tag
 from cachebus.runner import AsyncClient
 from devtools.redis_servers import LOOPBACK, RedisServer
 from devtools.stack import LocalStack, WorkerProcess, document_event, settings_env
+from tests import debezium_shapes as dbz
 from worker.applier import Applier
 from worker.audit import SourceRecord
 from worker.monitor import CANARY_MODEL, Monitor, MonitorConfig, aread_consistency
 from worker.processor import Outbound, Processor
-from worker.rules import load_rules
+from worker.rules import Rules, load_rules
 from worker.settings import WorkerSettings
 
 RULES = load_rules(None)
@@ -56,15 +58,18 @@ class FakeClock:
 class Harness:
     """The agent's calls, in process: before -> process -> (audits) commit -> after."""
 
-    def __init__(self, client: AsyncClient, settings: WorkerSettings, **config: Any) -> None:
+    def __init__(
+        self, client: AsyncClient, settings: WorkerSettings, rules: Rules = RULES, **config: Any
+    ) -> None:
         self.clock = FakeClock()
         self.settings = settings
-        self.proc = Processor(Applier(client, settings), settings, RULES, worker_id="w-test")
+        self.proc = Processor(Applier(client, settings), settings, rules, worker_id="w-test")
         self.monitor = Monitor(
             client,
             settings,
             MonitorConfig(**{"sample_rate": 1.0, "check_after": OFFSETS, **config}),
             worker_id="w-test",
+            rules=rules,
             clock=self.clock,
         )
         self.offset = 0
@@ -80,7 +85,9 @@ class Harness:
         return out
 
     async def batch(self, events: Iterable[dict[str, Any]]) -> Outbound:
-        records = self.records(events)
+        return await self.batch_of(self.records(events))
+
+    async def batch_of(self, records: list[SourceRecord]) -> Outbound:
         sample = await self.monitor.before(records)
         out = await self.proc.process(records)
         await self.proc.commit(out)  # (the audits are delivered here in the worker)
@@ -190,6 +197,53 @@ async def test_a_rolled_back_stamp_is_a_violation(
     found = await aread_consistency(client, settings.prefix, 900)
     assert (found.checks, found.violations) == (3, 2)
     assert found.line() == "consistency: 33% (0 nines) over 15 min: 3 checks, 2 violations"
+
+
+async def test_canaries_follow_debezium_changes_and_cloudevents(
+    any_async_redis: Any, tmp_path: Path
+) -> None:
+    """Documents of Debezium change events (on a ``[[debezium]]`` topic) and of
+    CloudEvents get canaries too (the processor's decode step reads the sampled
+    records), checked against their invalidations: the updates pass; a stamp rolled
+    back after the Debezium update is a violation."""
+    client = any_async_redis
+    settings = _settings(client)
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(dbz.RULES)
+    h = Harness(client, settings, load_rules(rules_file))
+    stamp_key = KeyScheme(settings.prefix).stamp(Tag.doc("42"))
+
+    def changes(op: str, lsn: int, version: int) -> list[SourceRecord]:
+        kind = "created" if op == "c" else "updated"
+        before = None if op == "c" else dbz.row(42)
+        change = dbz.envelope(op, before=before, after=dbz.row(42), lsn=lsn)
+        cloud = [
+            ("ce_specversion", b"1.0"),
+            ("ce_id", f"cms-{version}".encode()),
+            ("ce_source", b"/cms"),
+            ("ce_type", f"com.example.document.{kind}".encode()),
+            ("ce_subject", b"kb/1"),
+        ]
+        data = json.dumps({"collection": "kb", "doc_version": version}).encode()
+        return [
+            SourceRecord(dbz.TOPIC, 0, lsn, None, dbz.key(42), dbz.encode(dbz.with_schema(change))),
+            SourceRecord("events", 0, version, None, b"kb/1", data, tuple(cloud)),
+        ]
+
+    out = await h.batch_of(changes("c", 100, 1))
+    assert out.outcomes == {"applied": 2}
+    m = h.monitor
+    assert set(m.live) == {"42", "kb/1"} and m.counts.checks == 0  # created: re-armed
+    before_update = await client.get(stamp_key)
+    assert before_update is not None
+
+    out = await h.batch_of(changes("u", 200, 2))
+    assert out.outcomes == {"applied": 2}
+    assert (m.counts.checks, m.counts.violations) == (2, 0)  # the +0 s checks
+    await client.set(stamp_key, before_update)  # the Debezium update's invalidation is lost
+    await h.later(5)
+    assert (m.counts.checks, m.counts.violations) == (4, 1)
+    assert m.counts.errors == 0
 
 
 async def test_monitor_needs_no_grant_beyond_the_worker_role(redis_server: RedisServer) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,3 +147,62 @@ def test_debezium_and_cloudevents_reach_the_caches(
         "dead_lettered": 3,
     }
     assert {k.rsplit(":", 1)[0] for k in report.start} == {events_topic, topic}
+
+
+async def _topics(stack: LocalStack) -> dict[str, int]:
+    """Every topic and its partition count, asked without naming a topic (a metadata
+    request naming a missing topic may create it on this broker)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        names = await admin.list_topics()
+        found = await admin.describe_topics(names)
+        return {t["topic"]: len(t["partitions"]) for t in found}
+    finally:
+        await admin.close()
+
+
+def test_a_debezium_topic_created_after_the_worker_started(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """Kafka Connect creates a Debezium topic on the table's first change, and the
+    worker is often started first. It starts, says once that the topic is not there
+    yet, never creates it (this broker auto-creates topics, Kafka's default: the
+    worker's own metadata requests must not), and consumes it once Connect has
+    created it with its own partition count."""
+    topic = f"{dbz.TOPIC}-{uuid.uuid4().hex[:6]}"
+    rules = tmp_path / "rules.toml"
+    rules.write_text(dbz.RULES.replace(dbz.TOPIC, topic))
+    bus = CacheBus(stack.redis.client(), stack.settings)
+    emb = bus.document_embeddings("m")
+    emb.set("7", "c", V, "h-old")
+    worker = stack.start_worker(rules_file=str(rules))  # Ready without the topic
+
+    waiting = "debezium topic does not exist yet"
+    deadline = time.monotonic() + 20
+    while waiting not in worker.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert waiting in worker.log_path.read_text(), worker.log_tail()
+    assert topic not in asyncio.run(_topics(stack))  # metadata refreshed: still not created
+
+    asyncio.run(acreate_topics(stack.settings.kafka_bootstrap, {topic: 3}))  # Kafka Connect
+    change = dbz.encode(dbz.with_schema(dbz.envelope("d", before=dbz.row(7), lsn=5000)))
+    asyncio.run(_produce(stack, topic, [(dbz.key(7), change, [])]))
+
+    (audit,) = stack.read_audits(count=1, timeout=40)
+    assert (audit["source"]["topic"], audit["doc_id"]) == (topic, "7")
+    assert (audit["outcome"], audit["event_type"], audit["doc_version"]) == (
+        "applied",
+        "deleted",
+        5000,
+    )
+    assert emb.get("7", "c") is None  # the document's entries are gone
+    assert asyncio.run(_topics(stack))[topic] == 3  # Connect's partition count
+    lines = worker.log_path.read_text().splitlines()
+    assert sum(waiting in line for line in lines) == 1
+    assert any("debezium topic appeared" in line and topic in line for line in lines)
+    noise = ("not found in cluster metadata", "Ignoring missing topic")
+    assert not [line for line in lines if topic in line and any(n in line for n in noise)]
+    assert worker.alive

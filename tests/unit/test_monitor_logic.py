@@ -392,3 +392,51 @@ def test_after_drops_a_canary_whose_ticket_may_follow_the_apply() -> None:
     m.live["d"] = _canary("d", first_batch=5, settled=3)
     m.after(BatchSample(4), _out(_audit("updated", [{"kind": "tag", "target": "doc:d"}])))
     assert "d" not in m.live and len(m.schedule) == 0 and m._unlink == ["u:rr:k-d"]
+
+
+def test_pick_samples_debezium_and_cloudevents_through_the_decode_step() -> None:
+    """The canaries follow the processor's decode step: a Debezium change (version:
+    its LSN) on a ``[[debezium]]`` topic and CloudEvents in both modes get one; a
+    Debezium tombstone, a record the processor dead-letters (a CloudEvent keyed by
+    another document) and a Debezium-shaped record on another topic get none."""
+    import json
+
+    from cachebus.rules import parse_rules
+    from tests import debezium_shapes as dbz
+
+    rules = parse_rules(
+        {"debezium": [{"topic": dbz.TOPIC, "doc_id": "id", "collection": "collection"}]}
+    )
+    m = _monitor()
+    m.rules = rules
+    change = dbz.encode(dbz.with_schema(dbz.envelope("u", after=dbz.row(42), lsn=900)))
+
+    def headers(subject: str) -> tuple[tuple[str, bytes], ...]:
+        attrs = {
+            "ce_specversion": "1.0",
+            "ce_id": f"cms-{subject}",
+            "ce_source": "/cms",
+            "ce_type": "com.example.document.updated",
+            "ce_subject": subject,
+        }
+        return tuple((k, v.encode()) for k, v in attrs.items())
+
+    data = json.dumps({"collection": "kb", "doc_version": 7}).encode()
+    structured = {
+        "specversion": "1.0",
+        "id": "cms-2",
+        "source": "/cms",
+        "type": "x.deleted",
+        "subject": "kb/2",
+        "data": {"collection": "kb", "doc_version": 3},
+    }
+    records = [
+        SourceRecord(dbz.TOPIC, 0, 0, None, dbz.key(42), change),
+        SourceRecord(dbz.TOPIC, 0, 1, None, dbz.key(43), None),  # tombstone
+        SourceRecord("t", 0, 0, None, b"kb/1", data, headers("kb/1")),
+        SourceRecord("t", 0, 1, None, None, json.dumps(structured).encode()),
+        SourceRecord("t", 0, 2, None, b"kb/other", data, headers("kb/9")),  # key_mismatch
+        SourceRecord("t", 0, 3, None, None, change),  # not a Debezium topic: not native
+    ]
+    assert m._pick(records) == [("42", 900), ("kb/1", 7), ("kb/2", 3)]
+    assert _monitor()._pick(records[:1]) == []  # without the rules' table: not read
