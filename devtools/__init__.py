@@ -14,6 +14,12 @@ tests put the repository root on ``sys.path``).
   :mod:`~devtools.kafka_process`); ``python -m devtools.kafka_broker kafka fetch|run``.
 * :mod:`devtools.stack`: Redis + Kafka + worker processes on loopback (``LocalStack``).
 * :mod:`devtools.demo`: ``make demo``.
+* CDC: :mod:`devtools.postgres_server` (a private PostgreSQL with ``wal_level=logical``),
+  :mod:`devtools.kafka_connect` (Kafka Connect with Debezium's Postgres connector; jars by
+  :mod:`devtools.connect_jars`), :mod:`devtools.connect_cdc` (the documents table, topic
+  tails) and :mod:`devtools.demo_cdc` (``make demo-cdc``).
+* :mod:`devtools.openai_server`: a scriptable OpenAI-compatible ``/v1/embeddings`` server on
+  loopback (errors, rate limits) for the embedder's tests.
 * :mod:`devtools.traffic`, :mod:`devtools.audit_check`, :mod:`devtools.fault_report`:
   steady traffic, end-to-end audit checks and fault reports for the soak run and the
   fault and scale-out tests.

@@ -131,6 +131,7 @@ class Processor:
         out = Outbound()
         trace = BatchTrace.begin()
         good: list[tuple[int, DocumentEvent, Plan]] = []
+        tombstones: list[tuple[int, Tombstone]] = []
         audits: list[AuditEvent | None] = [None] * len(records)
         for i, record in enumerate(records):
             event: DocumentEvent | Tombstone | None = None
@@ -138,12 +139,7 @@ class Processor:
                 event = decode(record, self.rules, max_bytes=self.settings.max_event_bytes)
                 if isinstance(event, Tombstone):  # Debezium's, after a delete: nothing to do
                     if event.audit:
-                        audits[i] = tombstone_audit(
-                            record, event, worker_id=self.worker_id, replay=self.replay
-                        )
-                        out.outcomes["skipped_tombstone"] = (
-                            out.outcomes.get("skipped_tombstone", 0) + 1
-                        )
+                        tombstones.append((i, event))
                     continue
                 good.append((i, event, plan(event, self.rules, self.keys)))
             except InvalidEventError as exc:
@@ -156,6 +152,17 @@ class Processor:
         applied = await self._apply([(e, p) for _, e, p in good])
         trace.mark_applied()
         now = now_rfc3339()
+        for i, tombstone in tombstones:  # audited with the batch: after the delete before it
+            audits[i] = tombstone_audit(
+                records[i],
+                tombstone,
+                worker_id=self.worker_id,
+                replay=self.replay,
+                processed_at=now,
+            )
+        if tombstones:
+            skipped = out.outcomes.get("skipped_tombstone", 0)
+            out.outcomes["skipped_tombstone"] = skipped + len(tombstones)
         for (i, event, _), result in zip(good, applied, strict=True):
             record = records[i]
             audits[i] = audit_event(
