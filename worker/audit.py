@@ -155,10 +155,12 @@ def dead_letter(
     fields: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The dead-letter envelope: reason, detail and the original bytes; its
-    ``event_id`` from ``fields`` (as :func:`audit_event`), else peeked from the bytes."""
+    ``event_id``, ``doc_id`` and ``collection`` are the record's audit's: from ``fields``
+    (as :func:`audit_event`), else peeked from the bytes (None when unreadable)."""
     value = record.value or b""
     truncated = len(value) > MAX_DLQ_ORIGINAL
     kept = value[:MAX_DLQ_ORIGINAL]
+    found = _peek_all(record.value) if fields is None else _known(fields)
     return {
         "dlq_version": 1,
         "reason": reason,
@@ -170,13 +172,9 @@ def dead_letter(
         "original_size": len(value),
         "original_truncated": truncated,
         "source": record.source().to_json(),
-        "event_id": (
-            peek_text(fields.get("event_id"))
-            if fields is not None
-            else None
-            if truncated
-            else peek_fields(kept, ("event_id",)).get("event_id")
-        ),
+        "event_id": found["event_id"],
+        "doc_id": found["doc_id"],
+        "collection": found["collection"],
         "dead_lettered_at": now_rfc3339(),
         "worker_id": worker_id,
     }

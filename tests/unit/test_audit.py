@@ -296,6 +296,7 @@ class TestDeadLettered:
         assert audit["reason"].startswith("invalid_json: ")
         assert audit["actions"] == []
         assert envelope["event_id"] is None
+        assert (envelope["doc_id"], envelope["collection"]) == (None, None)
         assert envelope["reason"] == "invalid_json"
         assert envelope["detail"] == detail
         assert base64.b64decode(envelope["original_value_b64"]) == value
@@ -317,6 +318,28 @@ class TestDeadLettered:
         assert_valid("dead-letter", envelope)
         assert_valid("audit-event", audit)
         assert envelope["event_id"] == audit["event_id"] == "not-a-uuid"
+        assert envelope["doc_id"] == audit["doc_id"] == "d1"
+        assert envelope["collection"] == audit["collection"] is not None
+
+    def test_doc_id_and_collection_are_the_audits(self) -> None:
+        """What the decode step read (``fields``) wins over the bytes, as for the audit;
+        strings an audit would not carry (too long, not text) are null in both."""
+        value = encode(valid_event(doc_id="kb/1", collection="handbook"))
+        rec = record(value)
+        fields = {"event_id": "e-1", "doc_id": "kb/2", "collection": "c" * 1025}
+        envelope = dead_letter(rec, "key_mismatch", "x", worker_id=WORKER, fields=fields)
+        audit = audit_event(
+            rec, DeadLettered("key_mismatch", "x"), worker_id=WORKER, replay=False, fields=fields
+        ).to_json()
+        assert_valid("dead-letter", envelope)
+        got = (envelope["event_id"], envelope["doc_id"], envelope["collection"])
+        assert got == (audit["event_id"], audit["doc_id"], audit["collection"])
+        assert got == ("e-1", "kb/2", None)
+        peeked = dead_letter(rec, "processing_error", "x", worker_id=WORKER)
+        assert (peeked["doc_id"], peeked["collection"]) == ("kb/1", "handbook")
+        long = encode(valid_event(doc_id="d" * 1025, collection="\ud800"))
+        nothing = dead_letter(record(long), "schema_violation", "x", worker_id=WORKER)
+        assert (nothing["doc_id"], nothing["collection"]) == (None, None)
 
     def test_oversize_value_is_truncated(self) -> None:
         """An oversize value is cut to MAX_DLQ_ORIGINAL bytes, flagged, and still valid."""
@@ -328,6 +351,7 @@ class TestDeadLettered:
         assert envelope["original_size"] == len(value)
         assert base64.b64decode(envelope["original_value_b64"]) == value[:MAX_DLQ_ORIGINAL]
         assert envelope["event_id"] is None
+        assert (envelope["doc_id"], envelope["collection"]) == (None, None)
         audit = audit_event(
             rec, DeadLettered("oversize", f"{len(value)} bytes"), worker_id=WORKER, replay=False
         ).to_json()

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
+CDC = ROOT / "deploy" / "cdc"
 
 
 class TestCompose:
@@ -23,6 +28,23 @@ class TestCompose:
             capture_output=True, text=True, timeout=60,
         )
         assert done.returncode == 0, done.stderr
+
+    def test_docker_compose_config_accepts_the_cdc_profile(self) -> None:
+        """The same with `--profile cdc` (docker-compose >= 1.28 knows `profiles`), and
+        the values interpolated (the password default, never a literal in the JSON)."""
+        binary = shutil.which("docker-compose")
+        assert binary, "docker-compose missing: run `make setup`"
+        done = subprocess.run(
+            [binary, "-f", str(ROOT / "docker-compose.yml"), "--profile", "cdc", "config"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "POSTGRES_PASSWORD": "from-the-shell"},
+        )
+        assert done.returncode == 0, done.stderr
+        for service in ("db", "connect", "connect-register"):
+            assert re.search(rf"^  {service}:$", done.stdout, re.M), service
+        assert done.stdout.count("from-the-shell") == 2  # db and connect
 
     def test_worker_environment_names_are_settings(self) -> None:
         """Every CACHEBUS_* variable the compose file sets is a real setting."""
@@ -126,6 +148,218 @@ class TestDockerfile:
         finally:
             server.shutdown()
             server.server_close()
+
+
+def _env(service: str) -> dict[str, str]:
+    """The `KEY: "value"` pairs of one service's environment."""
+    return dict(re.findall(r'^      ([A-Z][A-Z0-9_]*): "([^"]*)"$', _service(service), re.M))
+
+
+def _connector() -> dict[str, str]:
+    data: dict[str, str] = json.loads((CDC / "connector.json").read_text("utf-8"))
+    return data
+
+
+def _tested_connector() -> dict[str, str]:
+    """The connector config the CDC tests run, for the compose database."""
+    from devtools.kafka_connect import debezium_postgres_config
+
+    class Pg:  # what debezium_postgres_config reads of a PostgresServer
+        host, port, user, password, database = "db", 5432, "debezium", "secret", "app"
+
+    return debezium_postgres_config(
+        Pg(),  # type: ignore[arg-type]
+        topic_prefix="pg",
+        tables=["public.documents"],
+        slot_name="cachebus",
+    )
+
+
+class TestCdcProfile:
+    """`docker compose --profile cdc up`: PostgreSQL, Kafka Connect with Debezium and the
+    connector's registration (no Docker engine here: the files are checked)."""
+
+    CDC_SERVICES = ("db", "connect", "connect-register")
+
+    def test_default_up_is_unchanged(self) -> None:
+        """Services without a profile are the stack as before; the new ones are cdc's."""
+        text = (ROOT / "docker-compose.yml").read_text()
+        services = re.findall(r"^  ([a-z][a-z0-9-]*):\n", text.split("\nvolumes:\n")[0], re.M)
+        default = {s for s in services if "\n    profiles:" not in "\n" + _service(s)}
+        assert default == {"kafka", "redis", "worker"}
+        for name in self.CDC_SERVICES:
+            assert '    profiles: ["cdc"]\n' in _service(name), name
+
+    def test_host_ports_are_loopback_only(self) -> None:
+        text = (ROOT / "docker-compose.yml").read_text()
+        blocks = re.findall(r"^    ports:\n((?:      - .*\n)+)", text, re.M)
+        ports = [line.split("#")[0].strip() for b in blocks for line in b.splitlines()]
+        assert len(blocks) == 4, blocks  # kafka, worker, db, connect
+        for port in ports:
+            assert re.fullmatch(r'- "127\.0\.0\.1:\d+:\d+"', port), port
+
+    def test_postgres_has_logical_decoding_and_the_tests_table(self) -> None:
+        from devtools.connect_cdc import DOCUMENTS_DDL
+
+        db = _service("db")
+        assert re.search(r"^    image: postgres:\d+\n", db, re.M)
+        assert '"-c", "wal_level=logical"' in db
+        assert "- db-data:/var/lib/postgresql/data" in db
+        assert "- ./deploy/cdc/init.sql:/docker-entrypoint-initdb.d/" in db
+        assert DOCUMENTS_DDL.strip() in (CDC / "init.sql").read_text("utf-8")
+        assert "REPLICA IDENTITY FULL" in DOCUMENTS_DDL
+        top = (ROOT / "docker-compose.yml").read_text().split("\nvolumes:\n", 1)[1]
+        assert "  db-data:" in top.splitlines()
+        env = _env("db")
+        assert (env["POSTGRES_DB"], env["POSTGRES_USER"]) == ("app", "debezium")
+        assert env["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD")
+
+    def test_connect_image_is_the_tested_debezium_release(self) -> None:
+        from devtools.kafka_connect import DEFAULT_DEBEZIUM_VERSION
+
+        for name in ("connect", "connect-register"):
+            image = f"    image: quay.io/debezium/connect:{DEFAULT_DEBEZIUM_VERSION}\n"
+            assert image in _service(name), name
+
+    def test_connect_worker_environment(self) -> None:
+        """The image's variables (its docker-entrypoint.sh): the required ones, and the
+        internal topics' replication factor of a one-broker cluster."""
+        env = _env("connect")
+        assert env["BOOTSTRAP_SERVERS"] == "kafka:9092"
+        for name in ("GROUP_ID", "CONFIG_STORAGE_TOPIC", "OFFSET_STORAGE_TOPIC",
+                     "STATUS_STORAGE_TOPIC"):  # fmt: skip
+            assert env[name], name
+        for topic in ("CONFIG", "OFFSET", "STATUS"):
+            assert env[f"CONNECT_{topic}_STORAGE_REPLICATION_FACTOR"] == "1"
+        # CONNECT_<NAME>: worker property <name> lowercased, "_" -> "." (the entrypoint's rule).
+        properties = {
+            name.removeprefix("CONNECT_").lower().replace("_", "."): value
+            for name, value in env.items()
+            if name.startswith("CONNECT_")
+        }
+        assert properties == {
+            "config.storage.replication.factor": "1",
+            "offset.storage.replication.factor": "1",
+            "status.storage.replication.factor": "1",
+            "listeners": "http://0.0.0.0:8083",
+            "config.providers": "env",
+            "config.providers.env.class": (
+                "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
+            ),
+            "config.providers.env.param.allowlist.pattern": "CDC_DB_PASSWORD",
+        }
+        assert not any("@" in value for value in properties.values())  # the entrypoint's sed
+        assert "kafka:\n        condition: service_healthy" in _service("connect")
+        assert "db:\n        condition: service_healthy" in _service("connect")
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            "connector.class",
+            "plugin.name",
+            "key.converter",
+            "value.converter",
+            "key.converter.schemas.enable",
+            "value.converter.schemas.enable",
+            "topic.prefix",
+            "table.include.list",
+            "publication.autocreate.mode",
+            "snapshot.mode",
+            "tombstones.on.delete",
+        ],
+    )
+    def test_connector_setting_is_the_tested_one(self, key: str) -> None:
+        assert _connector()[key] == _tested_connector()[key]
+
+    def test_connector_has_nothing_untested(self) -> None:
+        """Every setting but the connection's has the tested value (no setting the
+        tests never ran); the connection is the compose database."""
+        connector, tested = _connector(), _tested_connector()
+        assert connector["publication.name"] == f"{connector['slot.name']}_pub"
+        for key, value in connector.items():
+            if not key.startswith("database."):
+                assert tested.get(key) == value, key
+        assert {k for k in connector if k.startswith("database.")} == {
+            k for k in tested if k.startswith("database.")
+        }
+        db = _env("db")
+        assert connector["database.hostname"] == "db"
+        assert connector["database.port"] == "5432"
+        assert connector["database.dbname"] == db["POSTGRES_DB"]
+        assert connector["database.user"] == db["POSTGRES_USER"]
+
+    def test_connector_matches_the_readmes_example(self) -> None:
+        """The README's connector block, value for value (its password is elided)."""
+        readme = (ROOT / "README.md").read_text("utf-8")
+        match = re.search(r"\*\*The connector\*\*.*?\n```json\n(.*?)\n```", readme, re.S)
+        assert match, "README: connector example missing"
+        example: dict[str, Any] = json.loads(match.group(1))
+        connector = _connector()
+        for key, value in example.items():
+            if key != "database.password":
+                assert connector[key] == value, key
+
+    def test_password_comes_from_the_environment(self) -> None:
+        """No password in the JSON: a placeholder Connect's EnvVarConfigProvider resolves
+        from its own environment, which compose fills from POSTGRES_PASSWORD."""
+        placeholder = _connector()["database.password"]
+        match = re.fullmatch(r"\$\{env:([A-Z_][A-Z0-9_]*)\}", placeholder)
+        assert match, placeholder
+        variable = match.group(1)
+        env = _env("connect")
+        assert env["CONNECT_CONFIG_PROVIDERS"] == "env"
+        assert env["CONNECT_CONFIG_PROVIDERS_ENV_CLASS"] == (
+            "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
+        )
+        assert re.fullmatch(env["CONNECT_CONFIG_PROVIDERS_ENV_PARAM_ALLOWLIST_PATTERN"], variable)
+        assert env[variable] == _env("db")["POSTGRES_PASSWORD"]
+        assert env[variable].startswith("${POSTGRES_PASSWORD")
+
+    def test_registration_puts_the_connector_json(self) -> None:
+        register = _service("connect-register")
+        line = re.search(r"^    command: (\[.*\])$", register, re.M)
+        assert line, "connect-register: command missing"
+        command = json.loads(line.group(1))
+        assert '    entrypoint: ["curl"]' in register
+        assert command[command.index("-X") + 1] == "PUT"
+        assert command[-1] == "http://connect:8083/connectors/documents/config"
+        body = command[command.index("--data-binary") + 1]
+        assert body.startswith("@")
+        assert f"- ./deploy/cdc/connector.json:{body[1:]}:ro" in register
+        assert "-f" in command[0]  # an HTTP error fails the one-shot service
+        assert "connect:\n        condition: service_healthy" in register
+        assert '    restart: "no"' in register
+
+    def test_rules_file_is_the_readmes_example(self) -> None:
+        from tests.readme_examples import example
+
+        assert (CDC / "rules.toml").read_text("utf-8") == example("debezium-rules")
+
+    def test_worker_reads_the_mounted_rules_file(self) -> None:
+        """The worker's parser takes it; its topic is the connector's."""
+        from cachebus.rules import load_rules
+        from worker.sources import sources_of
+
+        worker = _service("worker")
+        # Empty unless the user sets it (the shipped rules without the profile); the
+        # README's and the file's comment's command set it to the mounted file.
+        assert _env("worker")["CACHEBUS_RULES_FILE"] == "${CACHEBUS_RULES_FILE:-}"
+        path = "/etc/cachebus/rules.toml"
+        assert f"- ./deploy/cdc/rules.toml:{path}:ro" in worker
+        command = f"CACHEBUS_RULES_FILE={path} docker compose --profile cdc"
+        assert command in (ROOT / "docker-compose.yml").read_text("utf-8")
+        assert command in (ROOT / "README.md").read_text("utf-8").replace("\n", " ")
+        from devtools.connect_cdc import DOCUMENTS_DDL
+
+        sources = sources_of(load_rules(CDC / "rules.toml"))
+        connector = _connector()
+        topic = f"{connector['topic.prefix']}.{connector['table.include.list']}"
+        assert sources.topics == (topic,)
+        source = sources.debezium[topic]
+        columns = set(re.findall(r"^    (\w+) ", DOCUMENTS_DDL, re.M))
+        mapped = (source.doc_id, source.collection, source.tags, source.chunks,
+                  source.content_hash)  # fmt: skip
+        assert set(mapped) <= columns, set(mapped) - columns
 
 
 def test_kafka_acls_cover_fausts_assignor_leader_topic() -> None:

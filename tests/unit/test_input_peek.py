@@ -108,7 +108,9 @@ async def dead_lettered(
     assert list(AUDIT_SCHEMA.iter_errors(audit)) == [], audit
     assert list(DLQ_SCHEMA.iter_errors(letter)) == [], letter
     assert dlq_key == record.key  # the dead letter keeps the original key
-    assert letter["event_id"] == audit["event_id"]
+    # The dead letter says what the audit says about the record (schemas/README.md).
+    for name in ("event_id", "doc_id", "collection"):
+        assert letter[name] == audit[name], name
     return audit, letter, key
 
 

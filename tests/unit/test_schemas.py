@@ -56,6 +56,7 @@ INVALID_EXPECTED: dict[tuple[str, str], tuple[tuple[str | int, ...], str]] = {
     ("dead-letter", "missing-original-size"): ((), "required"),
     ("dead-letter", "truncated-not-boolean"): (("original_truncated",), "type"),
     ("dead-letter", "source-missing-partition"): (("source",), "required"),
+    ("dead-letter", "doc-id-not-string"): (("doc_id",), "type"),
 }
 
 MIN_EXAMPLES = {  # schema -> (valid, invalid)
@@ -160,6 +161,22 @@ def test_extra_fields_are_accepted_but_wrong_types_are_not() -> None:
     assert validator.is_valid({**event, "some_future_field": {"x": [1, 2]}})
     assert not validator.is_valid({**event, "collection": 5})
     assert not validator.is_valid({**event, "doc_version": True})
+
+
+def test_dead_letter_doc_id_and_collection_are_optional() -> None:
+    """Added within dlq_version 1: dead letters of earlier releases (no doc_id, no
+    collection) stay valid; the audit's doc_id and collection have the same types."""
+    dlq = _schema("dead-letter")
+    audit = _schema("audit-event")
+    for name in ("doc_id", "collection"):
+        assert name not in dlq["required"]
+        assert dlq["properties"][name]["type"] == audit["properties"][name]["type"]
+    for path in sorted((EXAMPLES_DIR / "dead-letter" / "valid").glob("*.json")):
+        letter = _load(path)
+        old = {k: v for k, v in letter.items() if k not in ("doc_id", "collection")}
+        for validator in _validators("dead-letter"):
+            assert validator.is_valid(old), path.name
+            assert validator.is_valid({**letter, "doc_id": None, "collection": None}), path.name
 
 
 def test_glob_characters_in_doc_id_are_legal() -> None:
