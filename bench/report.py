@@ -15,6 +15,7 @@ from typing import Any
 
 from .client_layers import BASELINE
 from .durability import durability_md
+from .integrations import integrations_md
 
 Row = dict[str, Any]
 
@@ -708,6 +709,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "cache_aside": (
             "5. Cache-aside effect (Zipf query stream, 50 ms provider)",
             cache_aside_md,
+        ),
+        "integrations": (
+            "6. Integrations: LangChain query cache hits, worker tracing overhead",
+            integrations_md,
         ),
     }
     for name, (title, render) in titles.items():

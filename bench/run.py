@@ -9,7 +9,9 @@ Sections (each a table in the report, every figure a ratio to a baseline of the 
 3. ``worker``: the faust worker end to end on a local Kafka broker and Redis;
 4. ``fidelity``: float16/int8 on real all-MiniLM-L6-v2 embeddings (skipped, with a note,
    when the ``bench-models`` extra is not installed);
-5. ``cache_aside``: a Zipf query stream through ``CachedEmbeddingService``.
+5. ``cache_aside``: a Zipf query stream through ``CachedEmbeddingService``;
+6. ``integrations``: LangChain ``CachedEmbeddings`` hits vs LangChain's own
+   ``CacheBackedEmbeddings`` on the same Redis, and the worker's per-event tracing cost.
 
 Starts its own servers (:class:`devtools.redis_servers.RedisServer`, never
 ``$CACHEBUS_TEST_REDIS_URL``: the benchmark runs FLUSHALL; Kafka through
@@ -39,13 +41,21 @@ import redis
 
 from devtools.redis_servers import RedisServer
 
-from . import cache_aside, durability, fidelity, invalidation, layers, worker_e2e
+from . import cache_aside, durability, fidelity, integrations, invalidation, layers, worker_e2e
 from . import plot as plotting
 from . import report as rep
 from .machine import BusyMeter, describe, loadavg
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("layers", "invalidation", "durability", "cache_aside", "fidelity", "worker")
+SECTIONS = (
+    "layers",
+    "invalidation",
+    "durability",
+    "cache_aside",
+    "fidelity",
+    "integrations",
+    "worker",
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ class Config:
     worker: worker_e2e.WorkerConfig
     fidelity: fidelity.FidelityConfig
     cache_aside: cache_aside.CacheAsideConfig
+    integrations: integrations.IntegrationsConfig
     output: str
 
 
@@ -94,6 +105,7 @@ FULL = Config(
         callers=8,
         no_cache_sample=400,
     ),
+    integrations=integrations.IntegrationsConfig(),
     output=str(HERE / "report"),
 )
 QUICK = Config(
@@ -122,6 +134,14 @@ QUICK = Config(
     ),
     fidelity=replace(FULL.fidelity, passages=500, queries=50),
     cache_aside=replace(FULL.cache_aside, queries=2000, vocabulary=500, no_cache_sample=80),
+    integrations=replace(
+        FULL.integrations,
+        queries=100,
+        doc_batches=2,
+        runs=3,
+        min_run_seconds=0.03,
+        trace_runs=3,
+    ),
     output=str(HERE / "out" / "report-quick"),
 )
 
@@ -195,6 +215,7 @@ def _runners(
         "durability": lambda: durability.run(cfg.durability, clock.progress),
         "cache_aside": lambda: cache_aside.run(connect(0), cfg.cache_aside, clock.progress),
         "fidelity": lambda: fidelity.run(cfg.fidelity, clock.progress),
+        "integrations": lambda: integrations.run(connect, cfg.integrations, clock.progress),
         "worker": lambda: worker_e2e.run(cfg.worker, clock.progress),
     }
 
