@@ -60,6 +60,11 @@ class TraceContext(NamedTuple):
         """The 16 hex digits of the parent span id."""
         return self.traceparent.split("-")[2]
 
+    @property
+    def sampled(self) -> bool:
+        """The traceparent's sampled flag (bit 0 of its trace flags)."""
+        return bool(int(self.traceparent[-2:], 16) & 1)
+
     def headers(self) -> list[tuple[str, bytes]]:
         """As Kafka record headers."""
         out = [(TRACEPARENT, self.traceparent.encode("ascii"))]
@@ -128,6 +133,17 @@ def extract_headers(headers: Iterable[tuple[str, bytes | None]]) -> Context | No
         text = _text(value) if value is not None else ""
         if text is not None:
             carrier[name.lower()] = text
+    return propagate.extract(carrier)
+
+
+def context_of(trace: TraceContext) -> Context | None:
+    """``trace`` as an OpenTelemetry ``Context`` to start spans in (through the W3C
+    propagator); None without opentelemetry."""
+    if propagate is None:
+        return None
+    carrier = {TRACEPARENT: trace.traceparent}
+    if trace.tracestate:
+        carrier[TRACESTATE] = trace.tracestate
     return propagate.extract(carrier)
 
 

@@ -137,6 +137,14 @@ class BatchTrace:
     started: int = field(default_factory=time.time_ns)
     planned: int = 0
     applied: int = 0
+    drops_unsampled: bool = False
+    """The tracer's sampler records nothing under a remote parent that was not sampled
+    (the SDK's default, parent-based): such records skip the span machinery."""
+
+    def __post_init__(self) -> None:
+        describe = getattr(getattr(self.tracer, "sampler", None), "get_description", None)
+        if describe is not None:
+            self.drops_unsampled = "remoteParentNotSampled:AlwaysOffSampler" in describe()
 
     @classmethod
     def begin(cls) -> BatchTrace:
@@ -155,18 +163,26 @@ class BatchTrace:
         parent = record_context(record)
         if parent is None or self.tracer is None:
             return parent
+        if self.drops_unsampled and not parent.sampled:
+            return parent  # what start_span would decide, without building a context
         from opentelemetry.trace import SpanKind, set_span_in_context
 
-        ctx = lib.extract_headers(record.headers)
+        # From the context already read (a plain traceparent header, or a CloudEvent's
+        # ce_traceparent). The attributes are set once the span is known to be sampled:
+        # an unsampled producer's records cost no more than the sampling decision.
         now = time.time_ns()
         planned = self.planned or self.started
         applied = self.applied or planned
         consume = self.tracer.start_span(
             "cachebus.consume",
-            context=ctx,
+            context=lib.context_of(parent),
             kind=SpanKind.CONSUMER,
             start_time=self.started,
-            attributes={
+        )
+        if not consume.is_recording():  # not sampled (e.g. the producer's flags 00)
+            return parent
+        consume.set_attributes(
+            {
                 "messaging.system": "kafka",
                 "messaging.operation.type": "process",
                 "messaging.destination.name": record.topic,
@@ -175,10 +191,8 @@ class BatchTrace:
                 "cachebus.event_id": audit.event_id or "",
                 "cachebus.doc_id": audit.doc_id or "",
                 "cachebus.outcome": audit.outcome,
-            },
+            }
         )
-        if not consume.is_recording():  # not sampled (e.g. the producer's flags 00)
-            return parent
         inner = set_span_in_context(consume)
         self.tracer.start_span("cachebus.plan", context=inner, start_time=self.started).end(
             end_time=planned
@@ -231,7 +245,7 @@ def producer_headers(
         return
     from opentelemetry import trace
 
-    ctx = lib.extract_headers(parent.headers()) if parent is not None else None
+    ctx = lib.context_of(parent) if parent is not None else None
     with tracer.start_as_current_span(
         name,
         context=ctx,

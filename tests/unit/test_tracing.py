@@ -292,3 +292,60 @@ def test_cloudevents_binary_mode_trace_extension_is_read() -> None:
     )
     found = record_context(both)
     assert found is not None and found.traceparent == plain
+
+
+async def test_unsampled_producer_gets_no_spans(spans: InMemorySpanExporter) -> None:
+    """flags 00: the default (parent-based) sampler records nothing for the record; the
+    audit carries the producer's own context."""
+    unsampled = PARENT[:-2] + "00"
+    record = rec(encode(valid_event(doc_id="u")), 0, (("traceparent", unsampled.encode()),))
+    out = await process(record)
+    assert [s.name for s in spans.get_finished_spans()] == ["cachebus.batch"]
+    assert out.audit_docs[0][1]["trace"] == {"traceparent": unsampled}
+
+
+async def test_binary_cloudevent_trace_is_continued_by_the_spans(
+    spans: InMemorySpanExporter,
+) -> None:
+    """A binary-mode CloudEvent's ce_traceparent parents the consume span (not a new
+    root trace), as a plain traceparent header does."""
+    data = json.dumps({"collection": "c", "doc_version": 3}).encode()
+    headers = (
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"b6b5a0a4-4f1e-4c1e-9d43-0a0c9d7f0e11"),
+        ("ce_source", b"/cms"),
+        ("ce_type", b"com.example.document.updated"),
+        ("ce_subject", b"ce-doc"),
+        ("ce_time", b"2026-11-26T10:00:00Z"),
+        ("content-type", b"application/json"),
+        ("ce_traceparent", PARENT.encode()),
+    )
+    out = await process(rec(data, 0, headers))
+    consume = [s for s in spans.get_finished_spans() if s.name == "cachebus.consume"]
+    assert len(consume) == 1
+    assert format(consume[0].context.trace_id, "032x") == TRACE_ID
+    assert consume[0].parent is not None and consume[0].parent.span_id == 0x00F067AA0BA902B7
+    assert out.audit_events[0].outcome == "applied"
+
+
+def test_sampled_flag_of_a_traceparent() -> None:
+    assert TraceContext(PARENT).sampled
+    assert not TraceContext(PARENT[:-2] + "00").sampled
+    assert TraceContext(PARENT[:-2] + "03").sampled  # other flag bits are ignored
+
+
+async def test_a_sampler_that_records_unsampled_parents_still_gets_spans(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shortcut for unsampled producers holds only for a parent-based sampler that
+    drops them: with OTEL_TRACES_SAMPLER=always_on every record gets its spans."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "TRACER_PROVIDER", provider)
+    unsampled = PARENT[:-2] + "00"
+    await process(rec(encode(valid_event(doc_id="a")), 0, (("traceparent", unsampled.encode()),)))
+    names = sorted(s.name for s in exporter.get_finished_spans())
+    assert names.count("cachebus.consume") == 1
