@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from devtools.kafka_jars import (
-    _LOG_TAIL_LINES,
     _MARKER,
     LOG4J_VERSION,
     _cache_root,
     _default_version,
     _read_text,
+    maven_copy_dependencies,
 )
 
 #: Debezium release used unless ``CACHEBUS_DEBEZIUM_VERSION`` says otherwise. The 3.3 line is
@@ -161,12 +159,6 @@ def _copy_dependencies(
     must_have: str,
     exclude_artifacts: tuple[str, ...] = (),
 ) -> int:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise RuntimeError(
-            "cannot resolve Kafka Connect / Debezium jars: `mvn` is not on PATH "
-            "(install Maven: `make setup` or `apt-get install maven`)"
-        )
     pom = base / f"{name}.pom.xml"
     pom.write_text(
         _POM_HEAD.format(
@@ -177,39 +169,12 @@ def _copy_dependencies(
         ),
         encoding="utf-8",
     )
-    # Download into a scratch dir and rename, so an interrupted run never looks complete.
-    partial = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        mvn,
-        "-q",
-        "-B",
-        "-Dstyle.color=never",
-        "-f",
-        str(pom),
-        "dependency:copy-dependencies",
-        f"-DoutputDirectory={partial}",
-        "-DincludeScope=runtime",
-    ]
-    if exclude_artifacts:
-        cmd.append(f"-DexcludeArtifactIds={','.join(exclude_artifacts)}")
-    what = ", ".join(f"{g}:{a}:{v}" for g, a, v in artifacts)
-    try:
-        proc = subprocess.run(
-            cmd, cwd=base, capture_output=True, text=True, check=False, timeout=900
-        )
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"resolving {what} with Maven timed out after 900s") from None
-    if proc.returncode != 0:
-        output = "\n".join((proc.stdout + proc.stderr).splitlines()[-_LOG_TAIL_LINES:])
-        raise RuntimeError(
-            f"resolving {what} with Maven failed (exit {proc.returncode}): "
-            f"{' '.join(cmd)}\n{output}"
-        )
-    jars = list(partial.glob("*.jar"))
-    if not any(j.name.startswith(must_have) for j in jars):
-        raise RuntimeError(f"Maven finished but no {must_have}*.jar landed in {partial}")
-    partial.rename(dest)
-    return len(jars)
+    return maven_copy_dependencies(
+        pom,
+        dest,
+        what=", ".join(f"{g}:{a}:{v}" for g, a, v in artifacts),
+        must_have=must_have,
+        no_mvn="cannot resolve Kafka Connect / Debezium jars: `mvn` is not on PATH "
+        "(install Maven: `make setup` or `apt-get install maven`)",
+        exclude_artifacts=exclude_artifacts,
+    )

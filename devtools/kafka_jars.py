@@ -129,12 +129,6 @@ def _read_text(path: Path) -> str | None:
 
 
 def _maven_copy_dependencies(version: str, base: Path, libs: Path) -> None:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise RuntimeError(
-            "cannot resolve Kafka jars: `mvn` is not on PATH "
-            "(install Maven, or set KAFKA_HOME to an unpacked Kafka distribution)"
-        )
     _progress(f"resolving Kafka {version} from Maven Central (first run only)...")
     started = time.monotonic()
     pom = base / "pom.xml"
@@ -142,10 +136,41 @@ def _maven_copy_dependencies(version: str, base: Path, libs: Path) -> None:
         _POM_TEMPLATE.format(kafka_version=version, log4j_version=LOG4J_VERSION),
         encoding="utf-8",
     )
-    # Download into a scratch dir and rename, so an interrupted run never looks complete.
-    partial = base / "libs.partial"
+    # Generous timeout: a cold ~/.m2 fetches ~45 MB of jars plus Maven's own plugins.
+    jars = maven_copy_dependencies(
+        pom,
+        libs,
+        what=f"Kafka {version}",
+        must_have="kafka_2.13-",
+        no_mvn="cannot resolve Kafka jars: `mvn` is not on PATH "
+        "(install Maven, or set KAFKA_HOME to an unpacked Kafka distribution)",
+    )
+    _progress(
+        f"resolved Kafka {version}: {jars} jars in {time.monotonic() - started:.1f}s -> {libs}"
+    )
+
+
+def maven_copy_dependencies(
+    pom: Path,
+    dest: Path,
+    *,
+    what: str,
+    must_have: str,
+    no_mvn: str,
+    exclude_artifacts: tuple[str, ...] = (),
+) -> int:
+    """``mvn dependency:copy-dependencies`` of ``pom`` (runtime scope) into ``dest``,
+    through a scratch directory renamed at the end, so an interrupted run never looks
+    complete; ``must_have`` is a jar-name prefix that must land. Returns the jar count.
+    Errors name ``what`` and carry the tail of Maven's output; ``no_mvn`` is the message
+    when ``mvn`` is not on PATH."""
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise RuntimeError(no_mvn)
+    partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.rmtree(libs, ignore_errors=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
         mvn,
         "-q",
@@ -157,26 +182,25 @@ def _maven_copy_dependencies(version: str, base: Path, libs: Path) -> None:
         f"-DoutputDirectory={partial}",
         "-DincludeScope=runtime",
     ]
+    if exclude_artifacts:
+        cmd.append(f"-DexcludeArtifactIds={','.join(exclude_artifacts)}")
     try:
-        # Generous: a cold ~/.m2 fetches ~45 MB of jars plus Maven's own plugins.
         proc = subprocess.run(
-            cmd, cwd=base, capture_output=True, text=True, check=False, timeout=900
+            cmd, cwd=pom.parent, capture_output=True, text=True, check=False, timeout=900
         )
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"resolving Kafka {version} with Maven timed out after 900s") from None
+        raise RuntimeError(f"resolving {what} with Maven timed out after 900s") from None
     if proc.returncode != 0:
         output = "\n".join((proc.stdout + proc.stderr).splitlines()[-_LOG_TAIL_LINES:])
         raise RuntimeError(
-            f"resolving Kafka {version} with Maven failed (exit {proc.returncode}): "
+            f"resolving {what} with Maven failed (exit {proc.returncode}): "
             f"{' '.join(cmd)}\n{output}"
         )
     jars = list(partial.glob("*.jar"))
-    if not any(j.name.startswith("kafka_2.13-") for j in jars):
-        raise RuntimeError(f"Maven finished but no kafka_2.13 jar landed in {partial}")
-    partial.rename(libs)
-    _progress(
-        f"resolved Kafka {version}: {len(jars)} jars in {time.monotonic() - started:.1f}s -> {libs}"
-    )
+    if not any(j.name.startswith(must_have) for j in jars):
+        raise RuntimeError(f"Maven finished but no {must_have}*.jar landed in {partial}")
+    partial.rename(dest)
+    return len(jars)
 
 
 def kafka_classpath(version: str | None = None) -> str:

@@ -37,6 +37,7 @@ from ..document_embeddings import (
     DocumentEmbeddingCache,
     DocumentEmbeddingCore,
 )
+from ..embedders import Embedder
 from ..errors import ConfigError
 from ..keys import sha256_hex
 from ..lookup import Lookup, read_through
@@ -195,6 +196,38 @@ class EmbeddingFront:
         self._aembed_documents = aembed_documents or to_thread(embed_documents)
         self._sync: dict[str, CachedEmbeddingService] = {}
         self._async: dict[str, AsyncCachedEmbeddingService] = {}
+
+    @classmethod
+    def of_embedder(
+        cls,
+        embedder: Embedder,
+        model: str | None,
+        model_version: str | None,
+        *,
+        bus: CacheBus | None,
+        async_bus: AsyncCacheBus | None,
+        codec: VectorCodec | None,
+    ) -> EmbeddingFront:
+        """The caches in front of a cachebus :class:`~cachebus.embedders.Embedder` (one
+        function for queries and documents; its own name and version unless given)."""
+        name, version = cache_names(embedder, model, model_version)
+        aembed = async_embed_of(embedder)
+
+        def embed(texts: list[str]) -> Vectors:
+            return list(embedder.embed(texts))
+
+        return cls(
+            model=name,
+            model_version=version,
+            embed_query=embed,
+            embed_documents=embed,
+            aembed_query=aembed,
+            aembed_documents=aembed,
+            bus=bus,
+            async_bus=async_bus,
+            codec=codec,
+            shared_namespace=True,
+        )
 
     # ------------------------------------------------------------------ services
     def _need_bus(self) -> CacheBus:

@@ -33,7 +33,6 @@ from .core import (  # noqa: E402
     Chunk,
     EmbeddingFront,
     Vectors,
-    async_embed_of,
     cache_names,
     split_buses,
 )
@@ -112,23 +111,8 @@ class CachedEmbeddings(Embeddings):
                 codec=codec,
             )
         elif isinstance(embedder, Embedder):
-            name, version = cache_names(embedder, model, model_version)
-            aembed = async_embed_of(embedder)
-
-            def embed(texts: list[str]) -> Vectors:
-                return list(embedder.embed(texts))
-
-            self.front = EmbeddingFront(
-                model=name,
-                model_version=version,
-                embed_query=embed,
-                embed_documents=embed,
-                aembed_query=aembed,
-                aembed_documents=aembed,
-                bus=sync_bus,
-                async_bus=async_bus,
-                codec=codec,
-                shared_namespace=True,
+            self.front = EmbeddingFront.of_embedder(
+                embedder, model, model_version, bus=sync_bus, async_bus=async_bus, codec=codec
             )
         else:
             raise ConfigError(

@@ -36,7 +36,6 @@ from .core import (  # noqa: E402
     Chunk,
     EmbeddingFront,
     Vectors,
-    async_embed_of,
     cache_names,
     split_buses,
 )
@@ -143,25 +142,10 @@ class CachedEmbedding(BaseEmbedding):
                 codec=codec,
             )
         elif isinstance(embedder, Embedder):
-            name, version = cache_names(embedder, model_name, model_version)
-            aembed = async_embed_of(embedder)
-            plain = embedder
-
-            def embed(texts: list[str]) -> Vectors:
-                return list(plain.embed(texts))
-
-            front = EmbeddingFront(
-                model=name,
-                model_version=version,
-                embed_query=embed,
-                embed_documents=embed,
-                aembed_query=aembed,
-                aembed_documents=aembed,
-                bus=sync_bus,
-                async_bus=async_bus,
-                codec=codec,
-                shared_namespace=True,
+            front = EmbeddingFront.of_embedder(
+                embedder, model_name, model_version, bus=sync_bus, async_bus=async_bus, codec=codec
             )
+            name, version = front.model, front.model_version
         else:
             raise ConfigError(
                 f"{type(embedder).__name__} is neither a LlamaIndex BaseEmbedding nor a "
